@@ -1,0 +1,102 @@
+"""The run configuration: the core's declared options (owner ``train``) and each plugin's."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from gancore.errors import GancoreError
+from gancore.losses import LOSSES
+from gancore.models import ACTIVATIONS
+from gancore.options import OptionSet
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CORE = "train"
+
+
+def core_options() -> OptionSet:
+    """The core's options. Defaults follow Metz et al.'s ring8 setup (poolio/unrolled_gan)."""
+    options = OptionSet(CORE)
+    add = options.add
+    add("dataset", str, "ring8", "built-in dataset: bimodal1d, ring8, grid25 or hd1200")
+    add("data", str, "", "a .npy/.npz/.csv file of points to train on instead of a built-in dataset")
+    add("n_train", int, 20000, "number of training points drawn from a built-in dataset", min=1)
+    add("steps", int, 2000, "training steps (one step = n_critic D updates + one G update)", min=0)
+    add("batch_size", int, 512, "samples per batch", min=1)
+    add("seed", int, 0, "seed of data, initialization, noise and every plugin's randomness", min=0)
+    add("device", str, "auto", "where to train: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
+    add("loss", str, "non-saturating", "adversarial loss family", choices=tuple(LOSSES))
+    add("n_critic", int, 1, "D updates per step", min=1)
+    add("lr_g", float, 1e-3, "G's Adam learning rate", min=0)
+    add("lr_d", float, 1e-4, "D's Adam learning rate", min=0)
+    add("betas_g", "floats", (0.5, 0.999), "G's Adam betas")
+    add("betas_d", "floats", (0.5, 0.999), "D's Adam betas")
+    add("z_dim", int, 256, "latent dimension", min=1)
+    add("g_width", int, 128, "G's hidden width", min=1)
+    add("g_depth", int, 2, "G's hidden layers", min=1)
+    add("d_width", int, 128, "D's hidden width", min=1)
+    add("d_depth", int, 2, "D's hidden layers", min=1)
+    add("activation", str, "relu", "hidden activation of both nets", choices=tuple(ACTIVATIONS))
+    add("eval_every", int, 500, "steps between evaluations (0: only at the end)", min=0)
+    add("eval_samples", int, 2500, "samples scored per evaluation (VEEGAN protocol: 2500)", min=1)
+    add("checkpoint_every", int, 1000, "steps between checkpoints (0: only at the end)", min=0)
+    add("keep_checkpoints", int, 3, "how many recent checkpoints to keep", min=1)
+    return options
+
+
+@dataclass
+class RunConfig:
+    """Resolved settings: ``train`` (core) and ``plugins`` (name -> namespace), in enable order.
+
+    ``explicit`` names the core settings the user set; plugins may change the others through
+    :meth:`suggest`.
+    """
+
+    train: SimpleNamespace
+    plugins: dict[str, SimpleNamespace]
+    explicit: set[str] = field(default_factory=set)
+    suggested_by: dict[str, str] = field(default_factory=dict)
+
+    def suggest(self, plugin: str, **values: Any) -> None:
+        """Set core defaults on behalf of ``plugin``; explicit user settings win."""
+        for name, value in values.items():
+            if name in self.explicit:
+                continue
+            other = self.suggested_by.get(name)
+            if other is not None and other != plugin and getattr(self.train, name) != value:
+                raise GancoreError(
+                    f"plugins {other} and {plugin} want different train.{name} "
+                    f"({getattr(self.train, name)!r} vs {value!r}); set train.{name} yourself"
+                )
+            setattr(self.train, name, core_options().options[name].convert(value, CORE))
+            self.suggested_by[name] = plugin
+
+    def to_toml_dict(self) -> dict:
+        """The resolved configuration as a TOML-ready dict (``None`` values are omitted)."""
+        def clean(namespace: SimpleNamespace) -> dict:
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(namespace).items() if v is not None}
+
+        return {CORE: clean(self.train), "plugins": {name: clean(ns) for name, ns in self.plugins.items()}}
+
+
+def read_toml(path: str | Path) -> dict:
+    """Read a TOML config: a ``[train]`` table and ``[plugins.NAME]`` tables; ``plugins.enabled`` lists plugins."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise GancoreError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GancoreError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {CORE, "plugins"})
+    if unknown:
+        raise GancoreError(f"config file {path}: unknown table [{unknown[0]}] (use [train] and [plugins.NAME])")
+    if not isinstance(data.get(CORE, {}), dict) or not isinstance(data.get("plugins", {}), dict):
+        raise GancoreError(f"config file {path}: [train] and [plugins] must be tables")
+    return data

@@ -1,0 +1,194 @@
+"""Datasets: the built-in mixtures with known modes (../shared/PROTOCOLS.md) and user point files.
+
+A dataset is a finite set of training points plus, when known, the mode centres, the
+"high quality" radius and the norm the radius is measured in, which the metrics use.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from gancore.errors import GancoreError
+
+
+@dataclass
+class Dataset:
+    """Training points and what scoring needs to know about them.
+
+    :ivar points: (n, dim) float32 training points.
+    :ivar modes: (K, dim) mode centres, or None when unknown (then no mode metrics).
+    :ivar radius: a sample is high quality if within ``radius`` of its nearest mode.
+    :ivar hq_norm: ``"l2"`` or ``"linf"``: the norm ``radius`` is measured in (nearest mode is by L2).
+    """
+
+    name: str
+    points: torch.Tensor
+    modes: torch.Tensor | None = None
+    radius: float | None = None
+    hq_norm: str = "l2"
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def to(self, device: torch.device) -> "Dataset":
+        self.points = self.points.to(device)
+        if self.modes is not None:
+            self.modes = self.modes.to(device)
+        return self
+
+    def sample(self, n: int, generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``n`` training points with replacement, uniformly or with per-point ``weights``."""
+        if weights is None:
+            index = torch.randint(len(self.points), (n,), generator=generator, device=generator.device)
+        else:
+            index = torch.multinomial(weights, n, replacement=True, generator=generator)
+        return self.points[index.to(self.points.device)]
+
+
+def _mixture(means: np.ndarray, std: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    which = rng.integers(len(means), size=n)
+    return means[which] + std * rng.standard_normal((n, means.shape[1]))
+
+
+def ring8(n: int, rng: np.random.Generator) -> Dataset:
+    # endpoint excluded: linspace(0, 2π, 8) would repeat a mode (a bug in two public repos)
+    angles = 2 * np.pi * np.arange(8) / 8
+    means = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return _built("ring8", _mixture(means, 0.02, n, rng), means, 3 * 0.02)
+
+
+def grid25(n: int, rng: np.random.Generator) -> Dataset:
+    axis = np.array([-4.0, -2.0, 0.0, 2.0, 4.0])
+    means = np.stack(np.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2)
+    return _built("grid25", _mixture(means, 0.05, n, rng), means, 3 * 0.05)
+
+
+HD1200_SHIFTS = (-1.0, -0.5, 0.0, 0.5, -2.0, -2.5, 10.0, 0.25, -13.0, -5.5)
+
+
+def hd1200(n: int, rng: np.random.Generator) -> Dataset:
+    # PacGAN's VEEGAN1200DPackingMixture: 700 N(0,1) dims, 500 zero dims, one scalar shift per mode
+    base_mean = np.zeros(1200)
+    means = base_mean[None, :] + np.array(HD1200_SHIFTS)[:, None]
+    which = rng.integers(len(HD1200_SHIFTS), size=n)
+    points = np.zeros((n, 1200))
+    points[:, :700] = rng.standard_normal((n, 700))
+    points += np.array(HD1200_SHIFTS)[which][:, None]
+    # "10 std" read as every coordinate within 10 (std 1) of the nearest mean: L∞ radius 10
+    return _built("hd1200", points, means, 10.0, hq_norm="linf")
+
+
+def bimodal1d(n: int, rng: np.random.Generator) -> Dataset:
+    means = np.array([[-5.0], [5.0]])
+    return _built("bimodal1d", _mixture(means, 1.0, n, rng), means, 3.0)
+
+
+def _built(name: str, points: np.ndarray, means: np.ndarray, radius: float, hq_norm: str = "l2") -> Dataset:
+    return Dataset(
+        name,
+        torch.as_tensor(points, dtype=torch.float32),
+        torch.as_tensor(means, dtype=torch.float32),
+        radius,
+        hq_norm,
+    )
+
+
+BUILTIN: dict[str, Callable[[int, np.random.Generator], Dataset]] = {
+    "bimodal1d": bimodal1d,
+    "ring8": ring8,
+    "grid25": grid25,
+    "hd1200": hd1200,
+}
+
+
+def load_dataset(name: str, path: str, n_train: int, seed: int) -> Dataset:
+    """Return the built-in dataset ``name`` (``n_train`` points drawn with ``seed``) or the file ``path``."""
+    if path:
+        return load_points_file(Path(path))
+    if name not in BUILTIN:
+        raise GancoreError(f"unknown dataset {name!r}: choose one of {', '.join(BUILTIN)} or give a file with --data")
+    return BUILTIN[name](n_train, np.random.default_rng(seed))
+
+
+def load_points_file(path: Path) -> Dataset:
+    """Load user points from .npy (n, dim), .npz (key ``x``; optional ``modes`` and ``radius``) or .csv.
+
+    A CSV may have one header line; every other cell must be a number.
+    """
+    if not path.is_file():
+        raise GancoreError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    modes = radius = None
+    try:
+        if suffix == ".npy":
+            points = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if "x" not in archive:
+                    raise GancoreError(f"{path}: an .npz needs the points under key 'x' (found: {', '.join(archive.files) or 'nothing'})")
+                points = archive["x"]
+                modes = archive["modes"] if "modes" in archive else None
+                radius = float(archive["radius"]) if "radius" in archive else None
+        elif suffix == ".csv":
+            points = _read_csv(path)
+        else:
+            raise GancoreError(f"{path}: unsupported data file type {suffix or '(none)'}; use .npy, .npz or .csv")
+    except GancoreError:
+        raise
+    except Exception as exc:  # numpy raises many types for unreadable files
+        raise GancoreError(f"{path}: cannot read points ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'})") from None
+    points = _check_points(np.asarray(points), path, "points")
+    if modes is not None:
+        modes = _check_points(np.asarray(modes), path, "modes")
+        if modes.shape[1] != points.shape[1]:
+            raise GancoreError(f"{path}: modes have {modes.shape[1]} columns but points have {points.shape[1]}")
+        if radius is None or not math.isfinite(radius) or radius <= 0:
+            raise GancoreError(f"{path}: with 'modes' give a positive finite 'radius' (the high-quality distance)")
+    return Dataset(
+        path.stem,
+        torch.as_tensor(points, dtype=torch.float32),
+        None if modes is None else torch.as_tensor(modes, dtype=torch.float32),
+        radius,
+    )
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines and not _is_numeric_row(lines[0]):
+        lines = lines[1:]  # a header
+    if not lines:
+        raise GancoreError(f"{path}: no data rows")
+    rows = [line.split(",") for line in lines]
+    width = len(rows[0])
+    for number, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise GancoreError(f"{path}: data row {number} has {len(row)} columns, expected {width}")
+        if not _is_numeric_row(",".join(row)):
+            raise GancoreError(f"{path}: data row {number} has a non-numeric cell")
+    return np.array([[float(cell) for cell in row] for row in rows])
+
+
+def _is_numeric_row(line: str) -> bool:
+    try:
+        [float(cell) for cell in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _check_points(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise GancoreError(f"{path}: {what} must be a non-empty 2-D array (rows, columns); got shape {tuple(array.shape)}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise GancoreError(f"{path}: {what} must be real numbers, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise GancoreError(f"{path}: {what} contain NaN or Inf; clean the file first")
+    return array.astype(np.float32)

@@ -1,0 +1,261 @@
+"""The core trainer: the adversarial game with its hook points, and nothing remedy-specific."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gancore.data import Dataset, load_dataset
+from gancore.errors import GancoreError
+from gancore.losses import LOSSES
+from gancore.metrics import mode_coverage
+from gancore.models import Discriminator, Generator
+
+if TYPE_CHECKING:
+    from gancore.manager import Run
+    from gancore.rundir import RunDirectory
+
+PLAYERS = ("G", "D")
+
+
+@dataclass
+class Batch:
+    """What one update works on. ``phase`` is ``"D"`` or ``"G"``; ``real`` is None in the G phase."""
+
+    phase: str
+    step: int
+    z: torch.Tensor
+    fake: torch.Tensor
+    real: torch.Tensor | None = None
+
+
+class Models:
+    """The run's networks by name, each assigned to a player (``"G"`` or ``"D"``) whose optimizer trains it."""
+
+    def __init__(self, G: nn.Module, D: nn.Module):
+        self.modules: dict[str, nn.Module] = {"G": G, "D": D}
+        self.players: dict[str, str] = {"G": "G", "D": "D"}
+
+    G = property(lambda self: self.modules["G"], lambda self, m: self.modules.__setitem__("G", m))
+    D = property(lambda self: self.modules["D"], lambda self, m: self.modules.__setitem__("D", m))
+
+    def add(self, name: str, module: nn.Module, player: str) -> None:
+        """Add a network trained by ``player``'s optimizer (e.g. VEEGAN's reconstructor with G)."""
+        if name in self.modules:
+            raise GancoreError(f"a network named {name!r} exists already")
+        if player not in PLAYERS:
+            raise GancoreError(f"player must be 'G' or 'D', not {player!r}")
+        self.modules[name] = module
+        self.players[name] = player
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.modules[name]
+
+    def parameters(self, player: str) -> Iterator[nn.Parameter]:
+        for name, module in self.modules.items():
+            if self.players[name] == player:
+                yield from module.parameters()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GancoreError("train.device=cuda but no CUDA device is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+class Trainer:
+    """Runs one GAN training: builds data, models and optimizers, then steps, evaluates, checkpoints.
+
+    Plugins see the trainer in every hook. What they may use: ``config`` (the RunConfig),
+    ``train`` (its core settings), ``models``, ``optimizers`` (by player), ``dataset``,
+    ``data_weights`` (per-point sampling weights or None), ``step``, ``device``, ``generator``
+    (the training RNG), and the methods ``noise``, ``real_batch``, ``sample``,
+    ``run_steps``, ``reset_generator`` and ``evaluate``.
+    """
+
+    def __init__(self, run: Run, dataset: Dataset | None = None, output: RunDirectory | None = None, progress: bool = True):
+        self.run = run
+        self.config = run.config
+        self.train = run.config.train
+        self.hook = run.hook
+        self.output = output
+        self.progress = progress
+        self.device = resolve_device(self.train.device)
+        self.loss = LOSSES[self.train.loss]
+        torch.manual_seed(self.train.seed)  # network initialization
+        self.dataset = (dataset or load_dataset(self.train.dataset, self.train.data, self.train.n_train, self.train.seed)).to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(self.train.seed)
+        self.data_weights: torch.Tensor | None = None
+        self.step = 0
+        self.history: list[dict] = []
+        self.last_logs: dict[str, torch.Tensor] = {}
+        self.models = Models(self.new_generator(), Discriminator.mlp(self.dataset.dim, self.train.d_width, self.train.d_depth, self.train.activation))
+        self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
+        for module in self.models.modules.values():
+            module.to(self.device)
+        self.optimizers = {player: self._new_optimizer(player) for player in PLAYERS}
+
+    # --- building blocks plugins use -----------------------------------------------------------
+
+    def new_generator(self) -> nn.Module:
+        """A freshly initialized generator of the configured architecture."""
+        train = self.train
+        return Generator(train.z_dim, self.dataset.dim, train.g_width, train.g_depth, train.activation)
+
+    def _new_optimizer(self, player: str) -> torch.optim.Optimizer:
+        lr, betas = (self.train.lr_g, self.train.betas_g) if player == "G" else (self.train.lr_d, self.train.betas_d)
+        if len(betas) != 2:
+            raise GancoreError(f"train.betas_{player.lower()} needs two numbers, e.g. 0.5,0.999")
+        return torch.optim.Adam(self.models.parameters(player), lr=lr, betas=tuple(betas))
+
+    def reset_generator(self) -> None:
+        """Replace G by a fresh one with a fresh optimizer (meta-algorithms start new rounds with it)."""
+        self.models.G = self.new_generator().to(self.device)
+        self.optimizers["G"] = self._new_optimizer("G")
+
+    def noise(self, n: int | None = None) -> torch.Tensor:
+        return torch.randn(n or self.train.batch_size, self.train.z_dim, device=self.device, generator=self.generator)
+
+    def real_batch(self, n: int | None = None) -> torch.Tensor:
+        return self.dataset.sample(n or self.train.batch_size, self.generator, self.data_weights)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples of the model (a plugin's mixture, or G(z)), drawn with ``generator``."""
+        generator = generator or self.generator
+        samples = self.hook.gancore_sample(trainer=self, n=n, generator=generator)
+        if samples is None:
+            z = torch.randn(n, self.train.z_dim, device=self.device, generator=generator)
+            samples = self.models.G(z)
+        return samples
+
+    # --- the step --------------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        hook, step = self.hook, self.step
+        hook.gancore_step_start(trainer=self, step=step)
+        d_updates, g_updates = hook.gancore_step_schedule(trainer=self, step=step) or (self.train.n_critic, 1)
+        logs: dict[str, torch.Tensor] = {}
+        for _ in range(d_updates):
+            z = self.noise()
+            with torch.no_grad():
+                fake = self.models.G(z)
+            batch = Batch("D", step, z, fake, self.real_batch())
+            hook.gancore_discriminator_batch(trainer=self, batch=batch)
+            real_out, fake_out = self.models.D(batch.real), self.models.D(batch.fake)
+            terms = {"adversarial": self.loss.discriminator(real_out.logits, fake_out.logits)}
+            hook.gancore_discriminator_loss(trainer=self, batch=batch, real=real_out, fake=fake_out, terms=terms)
+            self._update("D", terms, logs)
+        for _ in range(g_updates):
+            z = self.noise()
+            batch = Batch("G", step, z, self.models.G(z))
+            hook.gancore_discriminator_batch(trainer=self, batch=batch)
+            critic = hook.gancore_generator_critic(trainer=self, batch=batch) or self.models.D
+            fake_out = critic(batch.fake)
+            terms = {"adversarial": self.loss.generator(fake_out.logits)}
+            hook.gancore_generator_loss(trainer=self, batch=batch, fake=fake_out, critic=critic, terms=terms)
+            self._update("G", terms, logs)
+        hook.gancore_step_end(trainer=self, step=step, logs=logs)
+        self.last_logs = logs
+        self.step += 1
+
+    def _update(self, player: str, terms: dict[str, torch.Tensor], logs: dict) -> None:
+        optimizer = self.optimizers[player]
+        optimizer.zero_grad(set_to_none=True)
+        sum(terms.values()).backward()
+        optimizer.step()
+        self.hook.gancore_after_optimizer_step(trainer=self, player=player)
+        for name, value in terms.items():
+            logs[f"loss_{player}/{name}"] = value.detach()
+
+    # --- loops -----------------------------------------------------------------------------------
+
+    def run_steps(self, n: int) -> None:
+        """Run ``n`` steps with evaluations every ``eval_every`` and checkpoints every ``checkpoint_every``."""
+        train = self.train
+        bar = tqdm(total=n, disable=not self.progress, desc="train", unit="step", dynamic_ncols=True, leave=False)
+        refresh = max(1, n // 100)
+        with bar:
+            for done in range(1, n + 1):
+                self.train_step()
+                if train.eval_every and self.step % train.eval_every == 0:
+                    self.evaluate()
+                if self.output and train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if done % refresh == 0 or done == n:
+                    bar.update(done - bar.n)
+                    bar.set_postfix_str(self._status(), refresh=False)
+
+    def _status(self) -> str:
+        parts = [f"{name.split('/')[0]}={value.item():.3f}" for name, value in self.last_logs.items() if name.endswith("/adversarial")]
+        if self.history and "modes_captured" in self.history[-1]:
+            last = self.history[-1]
+            parts.append(f"modes={last['modes_captured']}/{last['n_modes']} hq={last['hq_percent']:.1f}%")
+        return " ".join(parts)
+
+    def fit(self) -> dict:
+        """Train (``gancore_fit`` or ``steps`` steps), evaluate at the end and return the summary."""
+        started = time.perf_counter()
+        if not self.hook.gancore_fit(trainer=self):
+            self.run_steps(self.train.steps - self.step)
+        final = self.history[-1] if self.history and self.history[-1]["step"] == self.step else self.evaluate()
+        summary = {"dataset": self.dataset.name, "plugins": list(self.config.plugins), "seed": self.train.seed, **final}
+        self.hook.gancore_fit_end(trainer=self, summary=summary)
+        if self.output:
+            if self.step % max(self.train.checkpoint_every, 1) or not self.train.checkpoint_every:
+                self.save_checkpoint()
+            self.output.finish(self, summary, time.perf_counter() - started)
+        return summary
+
+    def evaluate(self) -> dict:
+        """Score ``eval_samples`` samples (VEEGAN protocol), log them and return the metrics."""
+        # a generator of its own, seeded by step: evaluation never changes the training RNG stream
+        generator = torch.Generator(self.device).manual_seed(self.train.seed * 1_000_003 + self.step)
+        metrics: dict = {"step": self.step}
+        metrics.update({name: round(value.item(), 6) for name, value in self.last_logs.items()})
+        if self.dataset.modes is not None:
+            samples = self.sample(self.train.eval_samples, generator)
+            metrics.update(mode_coverage(samples, self.dataset.modes, self.dataset.radius, self.dataset.hq_norm))
+        self.hook.gancore_evaluate(trainer=self, step=self.step, metrics=metrics)
+        self.history.append(metrics)
+        if self.output:
+            self.output.append_metrics(metrics)
+        return metrics
+
+    # --- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "models": {name: module.state_dict() for name, module in self.models.modules.items()},
+            "optimizers": {player: opt.state_dict() for player, opt in self.optimizers.items()},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "data_weights": self.data_weights,
+            "history": self.history,
+            "plugins": self.run.plugin_states(self),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.models.modules) ^ set(state["models"])
+        if missing:
+            raise GancoreError(f"checkpoint networks {sorted(state['models'])} do not match this run's {sorted(self.models.modules)}")
+        self.run.load_plugin_states(self, state["plugins"])  # first: a plugin may rebuild networks
+        for name, module in self.models.modules.items():
+            module.load_state_dict(state["models"][name])
+        for player, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][player])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.data_weights = state["data_weights"]
+        self.history = state["history"]
+        self.step = state["step"]
+
+    def save_checkpoint(self) -> None:
+        self.output.save_checkpoint(self.step, self.state_dict(), self.train.keep_checkpoints)
