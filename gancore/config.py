@@ -31,6 +31,7 @@ def core_options() -> OptionSet:
     add("batch_size", int, 512, "samples per batch", min=1)
     add("seed", int, 0, "seed of data, initialization, noise and every plugin's randomness", min=0)
     add("device", str, "auto", "where to train: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
+    add("cpu_threads", int, 1, "PyTorch threads on CPU (0: PyTorch's default); small nets run fastest on one", min=0)
     add("loss", str, "non-saturating", "adversarial loss family", choices=tuple(LOSSES))
     add("n_critic", int, 1, "D updates per step", min=1)
     add("lr_g", float, 1e-3, "G's Adam learning rate", min=0)

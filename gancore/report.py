@@ -70,9 +70,10 @@ def plot_mode_shares(path: Path, history: list[dict], title: str) -> None:
         axis.stackplot(steps, shares.T, colors=colours, labels=[f"mode {i}" for i in range(counts.shape[1])])
         axis.set_xlabel("step")
         axis.set_ylabel("share of samples (HQ)")
-        axis.set_ylim(0, 1)
+        # auto-scaled: a collapsed generator hops between modes at a low HQ share, which must stay visible
+        axis.set_ylim(0, min(1.0, max(shares.sum(axis=1).max() * 1.1, 0.01)))
         axis.set_xlim(steps[0], steps[-1])
-    if counts.shape[1] <= 25:
+    if len(steps) > 1 and counts.shape[1] <= 25:
         axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=1 + counts.shape[1] // 13)
     axis.set_title(title, fontsize=9)
     _save(figure, path)

@@ -88,6 +88,8 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(self.train.device)
         self.loss = LOSSES[self.train.loss]
+        if self.device.type == "cpu" and self.train.cpu_threads:
+            torch.set_num_threads(self.train.cpu_threads)
         torch.manual_seed(self.train.seed)  # network initialization
         self.dataset = (dataset or load_dataset(self.train.dataset, self.train.data, self.train.n_train, self.train.seed)).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(self.train.seed)
@@ -218,7 +220,7 @@ class Trainer:
         # a generator of its own, seeded by step: evaluation never changes the training RNG stream
         generator = torch.Generator(self.device).manual_seed(self.train.seed * 1_000_003 + self.step)
         metrics: dict = {"step": self.step}
-        metrics.update({name: round(value.item(), 6) for name, value in self.last_logs.items()})
+        metrics.update({name: round(float(value), 6) for name, value in self.last_logs.items()})
         if self.dataset.modes is not None:
             samples = self.sample(self.train.eval_samples, generator)
             metrics.update(mode_coverage(samples, self.dataset.modes, self.dataset.radius, self.dataset.hq_norm))

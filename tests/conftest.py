@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny, fast runs through the real catalog and trainer."""
+from __future__ import annotations
+
+import pytest
+
+from gancore.manager import Catalog
+from gancore.trainer import Trainer
+
+TINY = {
+    "steps": 20,
+    "batch_size": 64,
+    "z_dim": 4,
+    "g_width": 16,
+    "d_width": 16,
+    "n_train": 2000,
+    "eval_every": 0,
+    "eval_samples": 500,
+    "device": "cpu",
+}
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog.installed()
+
+
+@pytest.fixture
+def make_trainer(catalog):
+    """Build a trainer of a tiny run: ``make_trainer(plugins, extra={name: cls}, train={...}, options={...})``."""
+
+    def build(plugins=(), extra=None, train=None, options=None, **kwargs) -> Trainer:
+        for name, cls in (extra or {}).items():
+            catalog.add(name, cls, "tests", "0")
+        values = {"train": {**TINY, **(train or {})}, **(options or {})}
+        return Trainer(catalog.resolve(list(plugins), values), progress=False, **kwargs)
+
+    return build
