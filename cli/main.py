@@ -1,6 +1,7 @@
 """The ``gancore`` command. Thin: parse, call the core, print. Errors are one line, exit 2."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,10 +13,6 @@ from gancore.config import CORE, read_toml
 from gancore.errors import GancoreError
 from gancore.manager import Catalog
 from gancore.options import parse_assignments
-
-#: train flags that are shortcuts for core settings
-FLAG_SETTINGS = ("dataset", "data", "steps", "batch_size", "seed", "device")
-
 
 def _catalog(ctx: click.Context) -> Catalog:
     return ctx.find_root().obj
@@ -39,13 +36,22 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with [train] and [plugins.NAME] tables.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="runs", show_default=True, help="Directory where run directories are created.")
 @click.option("--name", help="Run directory name.  [default: DATASET-PLUGINS-sSEED]")
+@click.option("--on-nonfinite", "on_nonfinite", type=click.Choice(["stop", "rollback"]), help="On a NaN/Inf loss: stop, or reload the last checkpoint with halved learning rates.  [default: stop]")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this run directory from its last checkpoint (with --steps: a new total).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the result line.")
 @click.pass_context
-def train(ctx, config_file, plugins, assignments, out, name, quiet, **flags):
+def train(ctx, config_file, plugins, assignments, out, name, quiet, resume, **flags):
     """Train a GAN and write a run directory (config, metrics, checkpoints, pictures)."""
-    from gancore.rundir import RunDirectory
+    from gancore.rundir import RunDirectory, resume_run
     from gancore.trainer import Trainer
 
+    if resume:
+        others = [flag for flag, value in flags.items() if value is not None and flag != "steps"]
+        if others or plugins or assignments or config_file or name:
+            raise GancoreError("--resume continues a run with its own settings; give only --steps (a new total) and --quiet")
+        trainer = resume_run(Path(resume), _catalog(ctx), not quiet, flags["steps"])
+        _fit(trainer)
+        return
     file_data = read_toml(config_file) if config_file else {}
     values: dict[str, dict] = {CORE: dict(file_data.get(CORE, {}))}
     for plugin, options in file_data.get("plugins", {}).items():
@@ -57,9 +63,31 @@ def train(ctx, config_file, plugins, assignments, out, name, quiet, **flags):
     run = _catalog(ctx).resolve(enabled, values)
     train = run.config.train
     trainer_name = name or f"{Path(train.data).stem if train.data else train.dataset}-{'+'.join(run.config.plugins) or 'vanilla'}-s{train.seed}"
-    trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
+    with run.reporting_plugin_faults():
+        trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
     trainer.output = RunDirectory.create(Path(out), trainer_name, run.config)
-    summary = trainer.fit()
+    _fit(trainer)
+
+
+def _fit(trainer) -> None:
+    """Fit with SIGINT/SIGTERM turned into a checkpoint and a clean stop (resumable)."""
+    from gancore.trainer import TrainingInterrupted
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with trainer.run.reporting_plugin_faults():
+            summary = trainer.fit()
+    except TrainingInterrupted as stop:
+        raise GancoreError(
+            f"{trainer.stop_requested} at step {stop.step}: checkpoint written; continue with gancore train --resume {trainer.output.path}"
+        ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo(_result_line(summary))
     click.echo(f"run directory: {trainer.output.path}")
 
@@ -99,7 +127,8 @@ def evaluate(ctx, run_dir):
 
     trainer = open_trainer(Path(run_dir), _catalog(ctx))
     trainer.output = None  # re-scoring must not append to the run's metrics
-    click.echo(_result_line(trainer.evaluate()))
+    with trainer.run.reporting_plugin_faults():
+        click.echo(_result_line(trainer.evaluate()))
 
 
 @cli.command()
@@ -121,7 +150,8 @@ def sample(ctx, run_dir, n, out, seed):
     if destination.exists():
         raise GancoreError(f"--out {out} exists already; choose a new file name")
     trainer = open_trainer(Path(run_dir), _catalog(ctx))
-    samples = trainer.sample(n, torch.Generator(trainer.device).manual_seed(seed)).cpu().numpy()
+    with trainer.run.reporting_plugin_faults():
+        samples = trainer.sample(n, torch.Generator(trainer.device).manual_seed(seed)).cpu().numpy()
     atomic_write(destination, lambda handle: np.save(handle, samples))
     click.echo(f"wrote {n} samples of shape {samples.shape[1:]} to {destination}")
 

@@ -48,6 +48,8 @@ def core_options() -> OptionSet:
     add("eval_samples", int, 2500, "samples scored per evaluation (VEEGAN protocol: 2500)", min=1)
     add("checkpoint_every", int, 1000, "steps between checkpoints (0: only at the end)", min=0)
     add("keep_checkpoints", int, 3, "how many recent checkpoints to keep", min=1)
+    add("on_nonfinite", str, "stop", "on a NaN/Inf loss: stop, or roll back to the last checkpoint with halved learning rates", choices=("stop", "rollback"))
+    add("max_rollbacks", int, 3, "rollbacks allowed before giving up", min=0)
     return options
 
 
@@ -100,4 +102,7 @@ def read_toml(path: str | Path) -> dict:
         raise GancoreError(f"config file {path}: unknown table [{unknown[0]}] (use [train] and [plugins.NAME])")
     if not isinstance(data.get(CORE, {}), dict) or not isinstance(data.get("plugins", {}), dict):
         raise GancoreError(f"config file {path}: [train] and [plugins] must be tables")
+    for name, options in data.get("plugins", {}).items():
+        if not isinstance(options, dict):
+            raise GancoreError(f"config file {path}: plugins.{name} must be a table [plugins.{name}] of its options")
     return data

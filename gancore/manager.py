@@ -7,11 +7,11 @@ commands); a run registers fresh instances of the enabled plugins only.
 """
 from __future__ import annotations
 
-import warnings
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pluggy
 
@@ -170,5 +170,27 @@ class Run:
             if info.name in states:
                 call_for(self.manager, "gancore_load_state_dict", info.name, trainer=trainer, state=states[info.name])
 
-    def describe(self) -> SimpleNamespace:
-        return SimpleNamespace(plugins=[(p.name, p.package, p.version) for p in self.plugins])
+    @contextmanager
+    def reporting_plugin_faults(self) -> Iterator[None]:
+        """Turn an exception raised inside a plugin's code into a one-line error naming it.
+
+        The plugin is found by the source file of the outermost traceback frame that belongs
+        to an enabled plugin's module; that frame's function is reported as the hook.
+        """
+        try:
+            yield
+        except GancoreError:
+            raise
+        except Exception as error:
+            files = {inspect.getsourcefile(info.cls): info for info in self.plugins}
+            trace = error.__traceback__
+            while trace is not None:
+                info = files.get(trace.tb_frame.f_code.co_filename)
+                if info is not None:
+                    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                    raise GancoreError(
+                        f"plugin {info.name} ({info.package} {info.version}) failed in {trace.tb_frame.f_code.co_name}: "
+                        f"{type(error).__name__}{': ' + detail if detail else ''}"
+                    ) from error
+                trace = trace.tb_next
+            raise

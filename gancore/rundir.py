@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import tomli_w
 
 from gancore import __version__
-from gancore.checkpoint import atomic_write, save_checkpoint
+from gancore.checkpoint import PATTERN, atomic_write, save_checkpoint
 from gancore.config import RunConfig
 from gancore.errors import GancoreError
 from gancore.report import plot_mode_shares, plot_samples
@@ -63,6 +63,9 @@ class RunDirectory:
         with open(self.path / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(metrics, sort_keys=True) + "\n")
 
+    def has_checkpoint(self, step: int) -> bool:
+        return (self.checkpoints / PATTERN.format(step)).is_file()
+
     def save_checkpoint(self, step: int, state: dict, keep: int) -> Path:
         return save_checkpoint(self.checkpoints, step, state, keep)
 
@@ -81,8 +84,11 @@ class RunDirectory:
         plot_mode_shares(self.path / "modes.png", trainer.history, label)
 
 
-def open_trainer(path: Path, catalog, progress: bool = False) -> "Trainer":
-    """Rebuild the trainer of the run at ``path`` from its config.toml and load its latest checkpoint."""
+def open_trainer(path: Path, catalog, progress: bool = False, steps: int | None = None) -> "Trainer":
+    """Rebuild the trainer of the run at ``path`` from its config.toml and load its latest checkpoint.
+
+    :param steps: a new total number of steps (to extend a finished run); written to config.toml.
+    """
     from gancore.checkpoint import latest_checkpoint, load_checkpoint
     from gancore.config import CORE, read_toml
     from gancore.trainer import Trainer
@@ -90,8 +96,28 @@ def open_trainer(path: Path, catalog, progress: bool = False) -> "Trainer":
     if not (path / "config.toml").is_file():
         raise GancoreError(f"{path} is not a gancore run directory (no config.toml)")
     data = read_toml(path / "config.toml")
-    values = {CORE: data.get(CORE, {}), **data.get("plugins", {})}
+    values = {CORE: {**data.get(CORE, {}), **({} if steps is None else {"steps": steps})}, **data.get("plugins", {})}
     run = catalog.resolve(list(data.get("plugins", {})), values)
-    trainer = Trainer(run, output=RunDirectory(path), progress=progress)
-    trainer.load_state_dict(load_checkpoint(latest_checkpoint(path / "checkpoints"), trainer.device))
+    trainer = Trainer(run, progress=progress)
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    state = load_checkpoint(checkpoint, trainer.device)
+    with run.reporting_plugin_faults():
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise GancoreError(f"checkpoint {checkpoint} does not match the run's config.toml ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
+    trainer.output = RunDirectory(path)
+    return trainer
+
+
+def resume_run(path: Path, catalog, progress: bool, steps: int | None) -> "Trainer":
+    """Open a run to continue training: metrics logged after its last checkpoint are dropped
+    (they are recomputed), and leftovers of an interrupted checkpoint write are removed."""
+    trainer = open_trainer(path, catalog, progress, steps)
+    if steps is not None:
+        _write_text(path / "config.toml", tomli_w.dumps(trainer.config.to_toml_dict()))
+    for leftover in trainer.output.checkpoints.glob(".*.tmp"):
+        leftover.unlink()
+    lines = "".join(json.dumps(metrics, sort_keys=True) + "\n" for metrics in trainer.history)
+    _write_text(path / "metrics.jsonl", lines)
     return trainer

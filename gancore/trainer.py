@@ -1,10 +1,13 @@
 """The core trainer: the adversarial game with its hook points, and nothing remedy-specific."""
 from __future__ import annotations
 
+import copy
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -20,6 +23,18 @@ if TYPE_CHECKING:
     from gancore.rundir import RunDirectory
 
 PLAYERS = ("G", "D")
+
+
+class NonFiniteError(GancoreError):
+    """A loss or parameter became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the trainer checkpointed and stopped at ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
 
 
 @dataclass
@@ -97,11 +112,15 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.last_logs: dict[str, torch.Tensor] = {}
+        self.stop_requested: str | None = None  # set by a signal handler; honoured between steps
+        self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
+        self.rollbacks = 0
         self.models = Models(self.new_generator(), Discriminator.mlp(self.dataset.dim, self.train.d_width, self.train.d_depth, self.train.activation))
         self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
         for module in self.models.modules.values():
             module.to(self.device)
         self.optimizers = {player: self._new_optimizer(player) for player in PLAYERS}
+        self._last_good = copy.deepcopy(self.state_dict())
 
     # --- building blocks plugins use -----------------------------------------------------------
 
@@ -114,7 +133,7 @@ class Trainer:
         lr, betas = (self.train.lr_g, self.train.betas_g) if player == "G" else (self.train.lr_d, self.train.betas_d)
         if len(betas) != 2:
             raise GancoreError(f"train.betas_{player.lower()} needs two numbers, e.g. 0.5,0.999")
-        return torch.optim.Adam(self.models.parameters(player), lr=lr, betas=tuple(betas))
+        return torch.optim.Adam(self.models.parameters(player), lr=lr * self.lr_scale, betas=tuple(betas))
 
     def reset_generator(self) -> None:
         """Replace G by a fresh one with a fresh optimizer (meta-algorithms start new rounds with it)."""
@@ -170,7 +189,12 @@ class Trainer:
     def _update(self, player: str, terms: dict[str, torch.Tensor], logs: dict) -> None:
         optimizer = self.optimizers[player]
         optimizer.zero_grad(set_to_none=True)
-        sum(terms.values()).backward()
+        total = sum(terms.values())
+        # one host sync per update, so that divergence is caught at the step where it happens
+        if not torch.isfinite(total):
+            bad = next((name for name, value in terms.items() if not torch.isfinite(value)), "total")
+            raise NonFiniteError(f"{player}'s loss term {bad!r} is {float(terms.get(bad, total))} at step {self.step}")
+        total.backward()
         optimizer.step()
         self.hook.gancore_after_optimizer_step(trainer=self, player=player)
         for name, value in terms.items():
@@ -179,20 +203,50 @@ class Trainer:
     # --- loops -----------------------------------------------------------------------------------
 
     def run_steps(self, n: int) -> None:
-        """Run ``n`` steps with evaluations every ``eval_every`` and checkpoints every ``checkpoint_every``."""
+        """Run ``n`` steps with evaluations every ``eval_every`` and checkpoints every ``checkpoint_every``.
+
+        A non-finite loss stops training (``on_nonfinite = "stop"``) or reloads the last good
+        state with halved learning rates (``"rollback"``, at most ``max_rollbacks`` times).
+        A pending ``stop_requested`` checkpoints and raises :class:`TrainingInterrupted`.
+        """
         train = self.train
+        target = self.step + n
         bar = tqdm(total=n, disable=not self.progress, desc="train", unit="step", dynamic_ncols=True, leave=False)
         refresh = max(1, n // 100)
         with bar:
-            for done in range(1, n + 1):
-                self.train_step()
-                if train.eval_every and self.step % train.eval_every == 0:
-                    self.evaluate()
-                if self.output and train.checkpoint_every and self.step % train.checkpoint_every == 0:
+            while self.step < target:
+                try:
+                    self.train_step()
+                    if train.eval_every and self.step % train.eval_every == 0:
+                        self.evaluate()
+                    if train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                        self.save_checkpoint()
+                except NonFiniteError as error:
+                    self._recover(error)
+                if self.stop_requested:
                     self.save_checkpoint()
+                    raise TrainingInterrupted(self.step)
+                done = n - (target - self.step)
                 if done % refresh == 0 or done == n:
                     bar.update(done - bar.n)
                     bar.set_postfix_str(self._status(), refresh=False)
+
+    def _recover(self, error: NonFiniteError) -> None:
+        where = f"; last good checkpoint: step {self._last_good['step']}"
+        if self.train.on_nonfinite == "stop":
+            raise NonFiniteError(f"training diverged: {error}{where} (--on-nonfinite rollback retries with halved learning rates)") from None
+        if self.rollbacks >= self.train.max_rollbacks:
+            raise NonFiniteError(f"training diverged {self.rollbacks + 1} times, last: {error}{where}; lower the learning rates") from None
+        self.rollbacks += 1
+        lr_scale = self.lr_scale * 0.5
+        self.load_state_dict(copy.deepcopy(self._last_good))
+        self.lr_scale = lr_scale
+        for player, optimizer in self.optimizers.items():
+            base = self.train.lr_g if player == "G" else self.train.lr_d
+            for group in optimizer.param_groups:
+                group["lr"] = base * lr_scale
+        if self.progress:
+            tqdm.write(f"gancore: {error}; rolled back to step {self.step} with learning rates x{lr_scale:g}")
 
     def _status(self) -> str:
         parts = [f"{name.split('/')[0]}={value.item():.3f}" for name, value in self.last_logs.items() if name.endswith("/adversarial")]
@@ -210,7 +264,7 @@ class Trainer:
         summary = {"dataset": self.dataset.name, "plugins": list(self.config.plugins), "seed": self.train.seed, **final}
         self.hook.gancore_fit_end(trainer=self, summary=summary)
         if self.output:
-            if self.step % max(self.train.checkpoint_every, 1) or not self.train.checkpoint_every:
+            if not self.output.has_checkpoint(self.step):
                 self.save_checkpoint()
             self.output.finish(self, summary, time.perf_counter() - started)
         return summary
@@ -239,6 +293,9 @@ class Trainer:
             "optimizers": {player: opt.state_dict() for player, opt in self.optimizers.items()},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "numpy_rng": _numpy_rng_state(),
+            "python_rng": {"state": list(random.getstate()[1]), "gauss": random.getstate()[2]},
+            "lr_scale": self.lr_scale,
             "data_weights": self.data_weights,
             "history": self.history,
             "plugins": self.run.plugin_states(self),
@@ -255,9 +312,33 @@ class Trainer:
             optimizer.load_state_dict(state["optimizers"][player])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        _set_numpy_rng_state(state["numpy_rng"])
+        random.setstate((3, tuple(state["python_rng"]["state"]), state["python_rng"]["gauss"]))
+        self.lr_scale = state["lr_scale"]
         self.data_weights = state["data_weights"]
         self.history = state["history"]
         self.step = state["step"]
 
     def save_checkpoint(self) -> None:
-        self.output.save_checkpoint(self.step, self.state_dict(), self.train.keep_checkpoints)
+        """Keep this state as the last good one (for rollback) and write it to the run directory, if any."""
+        self._check_parameters()
+        state = self.state_dict()
+        self._last_good = copy.deepcopy(state)
+        if self.output:
+            self.output.save_checkpoint(self.step, state, self.train.keep_checkpoints)
+
+    def _check_parameters(self) -> None:
+        for name, module in self.models.modules.items():
+            for parameter_name, parameter in module.named_parameters():
+                if not torch.isfinite(parameter).all():
+                    raise NonFiniteError(f"parameter {name}.{parameter_name} is not finite at step {self.step}")
+
+
+def _numpy_rng_state() -> dict:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position, "has_gauss": has_gauss, "cached": cached}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["position"], state["has_gauss"], state["cached"]))
