@@ -96,10 +96,8 @@ def _result_line(metrics: dict) -> str:
     if "modes_captured" not in metrics:
         return f"step {metrics['step']}: no mode centres known for this data, nothing to score"
     kl = "n/a" if metrics["reverse_kl"] is None else f"{metrics['reverse_kl']:.3f}"
-    return (
-        f"step {metrics['step']}: modes captured {metrics['modes_captured']}/{metrics['n_modes']}, "
-        f"high quality {metrics['hq_percent']:.1f}%, reverse KL {kl}"
-    )
+    quality = f"high quality {metrics['hq_percent']:.1f}%, " if "hq_percent" in metrics else ""
+    return f"step {metrics['step']}: modes captured {metrics['modes_captured']}/{metrics['n_modes']}, {quality}reverse KL {kl}"
 
 
 @cli.command("plugins")

@@ -24,8 +24,12 @@ def core_options() -> OptionSet:
     """The core's options. Defaults follow Metz et al.'s ring8 setup (poolio/unrolled_gan)."""
     options = OptionSet(CORE)
     add = options.add
-    add("dataset", str, "ring8", "built-in dataset: bimodal1d, ring8, grid25 or hd1200")
-    add("data", str, "", "a .npy/.npz/.csv file of points to train on instead of a built-in dataset")
+    add("dataset", str, "ring8", "built-in dataset: bimodal1d, ring8, grid25, hd1200, digits or stacked-digits")
+    add("data", str, "", "a .npy/.npz/.csv file of points, or a folder of PNG/JPEG images, instead of a built-in dataset")
+    add("image_size", int, 16, "side of the digit datasets' images (a power of two ≥ 8)", min=8)
+    add("model", str, "auto", "network family: mlp, dcgan, or auto (dcgan for images, mlp for vectors)", choices=("auto", "mlp", "dcgan"))
+    add("g_norm", str, "batch", "normalization in the DCGAN generator", choices=("batch", "none"))
+    add("d_norm", str, "none", "normalization in the DCGAN discriminator", choices=("none", "batch", "spectral"))
     add("n_train", int, 20000, "number of training points drawn from a built-in dataset", min=1)
     add("steps", int, 2000, "training steps (one step = n_critic D updates + one G update)", min=0)
     add("batch_size", int, 512, "samples per batch", min=1)
@@ -45,7 +49,7 @@ def core_options() -> OptionSet:
     add("d_depth", int, 2, "D's hidden layers", min=1)
     add("activation", str, "relu", "hidden activation of both nets", choices=tuple(ACTIVATIONS))
     add("eval_every", int, 500, "steps between evaluations (0: only at the end)", min=0)
-    add("eval_samples", int, 2500, "samples scored per evaluation (VEEGAN protocol: 2500)", min=1)
+    add("eval_samples", int, 0, "samples scored per evaluation (0: the dataset's protocol: 2500 for mixtures, 26000 for stacked digits)", min=0)
     add("checkpoint_every", int, 1000, "steps between checkpoints (0: only at the end)", min=0)
     add("keep_checkpoints", int, 3, "how many recent checkpoints to keep", min=1)
     add("on_nonfinite", str, "stop", "on a NaN/Inf loss: stop, or roll back to the last checkpoint with halved learning rates", choices=("stop", "rollback"))

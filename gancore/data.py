@@ -14,16 +14,20 @@ import numpy as np
 import torch
 
 from gancore.errors import GancoreError
+from gancore.metrics import mode_coverage
 
 
 @dataclass
 class Dataset:
     """Training points and what scoring needs to know about them.
 
-    :ivar points: (n, dim) float32 training points.
+    :ivar points: (n, *shape) float32 training samples: vectors (n, dim) or images (n, C, H, W).
     :ivar modes: (K, dim) mode centres, or None when unknown (then no mode metrics).
     :ivar radius: a sample is high quality if within ``radius`` of its nearest mode.
     :ivar hq_norm: ``"l2"`` or ``"linf"``: the norm ``radius`` is measured in (nearest mode is by L2).
+    :ivar scorer: for data whose modes are not points (e.g. digit classes), a function from
+        samples to metrics; it replaces the nearest-mode protocol.
+    :ivar eval_samples: how many samples the dataset's protocol scores.
     """
 
     name: str
@@ -31,10 +35,26 @@ class Dataset:
     modes: torch.Tensor | None = None
     radius: float | None = None
     hq_norm: str = "l2"
+    scorer: Callable[[torch.Tensor], dict] | None = None
+    eval_samples: int = 2500
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one sample."""
+        return tuple(self.points.shape[1:])
 
     @property
     def dim(self) -> int:
-        return self.points.shape[1]
+        """The number of values in one sample."""
+        return math.prod(self.shape)
+
+    def score(self, samples: torch.Tensor) -> dict:
+        """Mode metrics of ``samples`` by this dataset's protocol ({} when it has none)."""
+        if self.scorer is not None:
+            return self.scorer(samples)
+        if self.modes is not None:
+            return mode_coverage(samples, self.modes, self.radius, self.hq_norm)
+        return {}
 
     def to(self, device: torch.device) -> "Dataset":
         self.points = self.points.to(device)
@@ -107,19 +127,38 @@ BUILTIN: dict[str, Callable[[int, np.random.Generator], Dataset]] = {
 }
 
 
-def load_dataset(name: str, path: str, n_train: int, seed: int) -> Dataset:
-    """Return the built-in dataset ``name`` (``n_train`` points drawn with ``seed``) or the file ``path``."""
+def _digits(name: str):
+    def make(n: int, rng: np.random.Generator, image_size: int) -> Dataset:
+        from gancore import images  # scikit-learn is imported only for digit data
+
+        return {"digits": images.digits, "stacked-digits": images.stacked_digits}[name](n, rng, image_size)
+
+    return make
+
+
+IMAGE_BUILTIN = {"digits": _digits("digits"), "stacked-digits": _digits("stacked-digits")}
+DATASET_NAMES = (*BUILTIN, *IMAGE_BUILTIN)
+
+
+def load_dataset(name: str, path: str, n_train: int, seed: int, image_size: int = 16) -> Dataset:
+    """Return the built-in dataset ``name`` (``n_train`` samples drawn with ``seed``) or the file or image folder ``path``."""
     if path:
+        if Path(path).is_dir():
+            from gancore.images import load_image_folder
+
+            return load_image_folder(Path(path))
         return load_points_file(Path(path))
+    rng = np.random.default_rng(seed)
+    if name in IMAGE_BUILTIN:
+        return IMAGE_BUILTIN[name](n_train, rng, image_size)
     if name not in BUILTIN:
-        raise GancoreError(f"unknown dataset {name!r}: choose one of {', '.join(BUILTIN)} or give a file with --data")
-    return BUILTIN[name](n_train, np.random.default_rng(seed))
+        raise GancoreError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)} or give a file with --data")
+    return BUILTIN[name](n_train, rng)
 
 
 def load_points_file(path: Path) -> Dataset:
-    """Load user points from .npy (n, dim), .npz (key ``x``; optional ``modes`` and ``radius``) or .csv.
-
-    A CSV may have one header line; every other cell must be a number.
+    """Load user points from .npy (n, dim), .npz (key ``x``; optional ``modes`` and ``radius``;
+    or key ``images``: (n, H, W[, C]) uint8 or [0, 1] floats) or .csv (one optional header line).
     """
     if not path.is_file():
         raise GancoreError(f"data file {path} does not exist")
@@ -130,8 +169,12 @@ def load_points_file(path: Path) -> Dataset:
             points = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
+                if "images" in archive:
+                    from gancore.images import image_dataset
+
+                    return image_dataset(path.stem, archive["images"])
                 if "x" not in archive:
-                    raise GancoreError(f"{path}: an .npz needs the points under key 'x' (found: {', '.join(archive.files) or 'nothing'})")
+                    raise GancoreError(f"{path}: an .npz needs points under key 'x' or images under 'images' (found: {', '.join(archive.files) or 'nothing'})")
                 points = archive["x"]
                 modes = archive["modes"] if "modes" in archive else None
                 radius = float(archive["radius"]) if "radius" in archive else None

@@ -1,6 +1,11 @@
-"""Vector-data networks. Any D must return :class:`Critique` so that plugins can read features."""
+"""Networks: MLPs for vectors (and flattened images) and DCGAN-style conv nets for images.
+
+Any D must return :class:`Critique` so that plugins can read its features.
+"""
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -25,12 +30,35 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    """An MLP from ``z_dim`` noise to ``data_dim`` points."""
+    """An MLP from ``z_dim`` noise to samples of ``shape`` (an int for vectors)."""
 
-    def __init__(self, z_dim: int, data_dim: int, width: int, depth: int, activation: str):
+    def __init__(self, z_dim: int, shape: int | tuple[int, ...], width: int, depth: int, activation: str):
         super().__init__()
         self.z_dim = z_dim
-        self.net = mlp([z_dim] + [width] * depth + [data_dim], activation)
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.net = mlp([z_dim] + [width] * depth + [math.prod(self.shape)], activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z)
+        return out if len(self.shape) == 1 else out.view(len(z), *self.shape)
+
+
+class ConvGenerator(nn.Module):
+    """DCGAN generator: z -> 4×4 feature map -> transposed convs doubling the side -> tanh image."""
+
+    def __init__(self, z_dim: int, shape: tuple[int, int, int], width: int, norm: str):
+        super().__init__()
+        self.z_dim = z_dim
+        channels_out, side = shape[0], shape[1]
+        upsamplings = int(math.log2(side)) - 2
+        channels = width * 2 ** (upsamplings - 1)
+        Norm = nn.BatchNorm2d if norm == "batch" else (lambda c: nn.Identity())
+        layers: list[nn.Module] = [nn.Linear(z_dim, channels * 16), nn.Unflatten(1, (channels, 4, 4)), Norm(channels), nn.ReLU()]
+        for _ in range(upsamplings - 1):
+            layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1), Norm(channels // 2), nn.ReLU()]
+            channels //= 2
+        layers += [nn.ConvTranspose2d(channels, channels_out, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -50,9 +78,50 @@ class Discriminator(nn.Module):
 
     @classmethod
     def mlp(cls, data_dim: int, width: int, depth: int, activation: str) -> "Discriminator":
-        body = nn.Sequential(mlp([data_dim] + [width] * depth, activation), ACTIVATIONS[activation]())
+        """An MLP D; inputs with more than one dimension per sample (images) are flattened."""
+        body = nn.Sequential(nn.Flatten(), mlp([data_dim] + [width] * depth, activation), ACTIVATIONS[activation]())
         return cls(body, nn.Linear(width, 1))
+
+    @classmethod
+    def conv(cls, shape: tuple[int, int, int], width: int, norm: str) -> "Discriminator":
+        """DCGAN D: strided convs halving the side down to 4×4; the flattened map is the features."""
+        channels_in, side = shape[0], shape[1]
+        wrap = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda layer: layer)
+        layers: list[nn.Module] = [wrap(nn.Conv2d(channels_in, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        channels = width
+        for _ in range(int(math.log2(side)) - 3):
+            layers += [wrap(nn.Conv2d(channels, channels * 2, 4, 2, 1))]
+            layers += [nn.BatchNorm2d(channels * 2)] if norm == "batch" else []
+            layers += [nn.LeakyReLU(0.2)]
+            channels *= 2
+        layers.append(nn.Flatten())
+        return cls(nn.Sequential(*layers), wrap(nn.Linear(channels * 16, 1)))
 
     def forward(self, x: torch.Tensor) -> Critique:
         features = self.body(x)
         return Critique(self.head(features).squeeze(-1), features)
+
+
+def network_family(train: SimpleNamespace, shape: tuple[int, ...]) -> str:
+    """``train.model``, with ``auto`` resolved: dcgan for (C, H, W) samples, mlp otherwise."""
+    if train.model == "auto":
+        return "dcgan" if len(shape) == 3 else "mlp"
+    if train.model == "dcgan" and len(shape) != 3:
+        from gancore.errors import GancoreError
+
+        raise GancoreError(f"train.model=dcgan needs image data (C, H, W); this data has samples of shape {shape}")
+    return train.model
+
+
+def build_generator(train: SimpleNamespace, shape: tuple[int, ...]) -> nn.Module:
+    """A freshly initialized G of the configured family and size for samples of ``shape``."""
+    if network_family(train, shape) == "dcgan":
+        return ConvGenerator(train.z_dim, shape, train.g_width, train.g_norm)
+    return Generator(train.z_dim, shape, train.g_width, train.g_depth, train.activation)
+
+
+def build_discriminator(train: SimpleNamespace, shape: tuple[int, ...]) -> Discriminator:
+    """A freshly initialized D of the configured family and size for samples of ``shape``."""
+    if network_family(train, shape) == "dcgan":
+        return Discriminator.conv(shape, train.d_width, train.d_norm)
+    return Discriminator.mlp(math.prod(shape), train.d_width, train.d_depth, train.activation)

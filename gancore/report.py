@@ -1,6 +1,7 @@
 """Pictures of a run: samples over the true modes, and each mode's share of samples over time."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -23,12 +24,42 @@ def _project(points: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
     return points if basis is None else points @ basis
 
 
+def image_grid(images: torch.Tensor, columns: int = 8) -> np.ndarray:
+    """(n, C, H, W) images in [−1, 1] -> one (rows·H, columns·W[, 3]) array in [0, 1] with 1-pixel gaps."""
+    images = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).numpy().transpose(0, 2, 3, 1)
+    n, height, width, channels = images.shape
+    rows = math.ceil(n / columns)
+    grid = np.ones((rows * (height + 1) - 1, columns * (width + 1) - 1, channels))
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * (height + 1): row * (height + 1) + height, column * (width + 1): column * (width + 1) + width] = image
+    return grid if channels == 3 else grid[..., 0]
+
+
 def plot_samples(path: Path, samples: torch.Tensor, dataset: Dataset, title: str) -> None:
-    """Scatter (2-D), histogram (1-D) or a 2-D PCA projection (higher-D) of samples over the data."""
+    """Vectors: scatter (2-D), histogram (1-D) or a 2-D PCA projection (higher-D) of samples over
+    the data and the mode centres. Images: a grid of samples beside a grid of data."""
+    if len(dataset.shape) == 3:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 4.8))
+        draw_samples(left, samples, dataset, "samples")
+        draw_samples(right, dataset.points, dataset, "data")
+        figure.suptitle(title, fontsize=9)
+    else:
+        figure, axis = plt.subplots(figsize=(5, 5) if dataset.dim > 1 else (6, 3.5))
+        draw_samples(axis, samples, dataset, title)
+    _save(figure, path)
+
+
+def draw_samples(axis: plt.Axes, samples: torch.Tensor, dataset: Dataset, title: str, legend: bool = True) -> None:
+    """Draw what :func:`plot_samples` shows into ``axis`` (e.g. one panel of a grid of runs)."""
+    if len(dataset.shape) == 3:
+        axis.imshow(image_grid(samples[:64]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(title, fontsize=9)
+        axis.axis("off")
+        return
     data = dataset.points[:5000].cpu().numpy()
     fake = samples.detach().cpu().numpy()
     modes = None if dataset.modes is None else dataset.modes.cpu().numpy()
-    figure, axis = plt.subplots(figsize=(5, 5) if dataset.dim > 1 else (6, 3.5))
     if dataset.dim == 1:
         bins = np.linspace(min(data.min(), fake.min()), max(data.max(), fake.max()), 80)
         axis.hist(data[:, 0], bins=bins, alpha=0.5, density=True, label="data", color="tab:blue")
@@ -48,15 +79,19 @@ def plot_samples(path: Path, samples: torch.Tensor, dataset: Dataset, title: str
         if modes is not None:
             axis.scatter(*_project(modes, basis).T, marker="x", s=40, color="black", label="modes")
         axis.set_aspect("equal", adjustable="datalim")
-    axis.legend(loc="upper right", fontsize=8, markerscale=3)
+    if legend:
+        axis.legend(loc="upper right", fontsize=8, markerscale=3)
     axis.set_title(title, fontsize=9)
-    _save(figure, path)
 
 
 def plot_mode_shares(path: Path, history: list[dict], title: str) -> None:
-    """Stacked share of samples that are high quality for each mode at each evaluation: mode hopping made visible."""
+    """Stacked share of samples that are high quality for each mode at each evaluation: mode hopping
+    made visible. With more than 25 modes: modes captured over training, and the final histogram."""
     rows = [entry for entry in history if "mode_counts" in entry]
     if not rows:
+        return
+    if rows[-1]["n_modes"] > 25:
+        _plot_many_modes(path, rows, title)
         return
     steps = np.array([entry["step"] for entry in rows])
     counts = np.array([entry["mode_counts"] for entry in rows], dtype=float)
@@ -76,4 +111,20 @@ def plot_mode_shares(path: Path, history: list[dict], title: str) -> None:
     if len(steps) > 1 and counts.shape[1] <= 25:
         axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=1 + counts.shape[1] // 13)
     axis.set_title(title, fontsize=9)
+    _save(figure, path)
+
+
+def _plot_many_modes(path: Path, rows: list[dict], title: str) -> None:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot([r["step"] for r in rows], [r["modes_captured"] for r in rows], marker="o")
+    left.set_xlabel("step")
+    left.set_ylabel(f"modes captured (of {rows[-1]['n_modes']})")
+    left.set_ylim(0, rows[-1]["n_modes"] * 1.05)
+    counts = np.sort(np.array(rows[-1]["mode_counts"]))[::-1]
+    right.bar(np.arange(len(counts)), counts, width=1.0, color="tab:blue")
+    right.axhline(counts.sum() / len(counts), color="black", ls="--", lw=0.8, label="uniform")
+    right.set_xlabel("modes, most frequent first")
+    right.set_ylabel("samples")
+    right.legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
     _save(figure, path)

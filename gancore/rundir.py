@@ -79,7 +79,7 @@ class RunDirectory:
 
     def write_pictures(self, trainer: Trainer) -> None:
         label = f"{trainer.dataset.name}, {'+'.join(trainer.config.plugins) or 'vanilla'}, seed {trainer.train.seed}, step {trainer.step}"
-        samples = trainer.sample(trainer.train.eval_samples)
+        samples = trainer.sample(trainer.eval_samples)
         plot_samples(self.path / "samples.png", samples, trainer.dataset, label)
         plot_mode_shares(self.path / "modes.png", trainer.history, label)
 

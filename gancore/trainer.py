@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from gancore.data import Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.losses import LOSSES
-from gancore.metrics import mode_coverage
-from gancore.models import Discriminator, Generator
+from gancore.models import build_discriminator, build_generator
 
 if TYPE_CHECKING:
     from gancore.manager import Run
@@ -106,7 +105,8 @@ class Trainer:
         if self.device.type == "cpu" and self.train.cpu_threads:
             torch.set_num_threads(self.train.cpu_threads)
         torch.manual_seed(self.train.seed)  # network initialization
-        self.dataset = (dataset or load_dataset(self.train.dataset, self.train.data, self.train.n_train, self.train.seed)).to(self.device)
+        train = self.train
+        self.dataset = (dataset or load_dataset(train.dataset, train.data, train.n_train, train.seed, train.image_size)).to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(self.train.seed)
         self.data_weights: torch.Tensor | None = None
         self.step = 0
@@ -115,7 +115,7 @@ class Trainer:
         self.stop_requested: str | None = None  # set by a signal handler; honoured between steps
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
         self.rollbacks = 0
-        self.models = Models(self.new_generator(), Discriminator.mlp(self.dataset.dim, self.train.d_width, self.train.d_depth, self.train.activation))
+        self.models = Models(self.new_generator(), build_discriminator(train, self.dataset.shape))
         self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
         for module in self.models.modules.values():
             module.to(self.device)
@@ -126,8 +126,7 @@ class Trainer:
 
     def new_generator(self) -> nn.Module:
         """A freshly initialized generator of the configured architecture."""
-        train = self.train
-        return Generator(train.z_dim, self.dataset.dim, train.g_width, train.g_depth, train.activation)
+        return build_generator(self.train, self.dataset.shape)
 
     def _new_optimizer(self, player: str) -> torch.optim.Optimizer:
         lr, betas = (self.train.lr_g, self.train.betas_g) if player == "G" else (self.train.lr_d, self.train.betas_d)
@@ -252,7 +251,9 @@ class Trainer:
         parts = [f"{name.split('/')[0]}={value.item():.3f}" for name, value in self.last_logs.items() if name.endswith("/adversarial")]
         if self.history and "modes_captured" in self.history[-1]:
             last = self.history[-1]
-            parts.append(f"modes={last['modes_captured']}/{last['n_modes']} hq={last['hq_percent']:.1f}%")
+            parts.append(f"modes={last['modes_captured']}/{last['n_modes']}")
+            if "hq_percent" in last:
+                parts.append(f"hq={last['hq_percent']:.1f}%")
         return " ".join(parts)
 
     def fit(self) -> dict:
@@ -269,15 +270,18 @@ class Trainer:
             self.output.finish(self, summary, time.perf_counter() - started)
         return summary
 
+    @property
+    def eval_samples(self) -> int:
+        return self.train.eval_samples or self.dataset.eval_samples
+
     def evaluate(self) -> dict:
         """Score ``eval_samples`` samples (VEEGAN protocol), log them and return the metrics."""
         # a generator of its own, seeded by step: evaluation never changes the training RNG stream
         generator = torch.Generator(self.device).manual_seed(self.train.seed * 1_000_003 + self.step)
         metrics: dict = {"step": self.step}
         metrics.update({name: round(float(value), 6) for name, value in self.last_logs.items()})
-        if self.dataset.modes is not None:
-            samples = self.sample(self.train.eval_samples, generator)
-            metrics.update(mode_coverage(samples, self.dataset.modes, self.dataset.radius, self.dataset.hq_norm))
+        if self.dataset.modes is not None or self.dataset.scorer is not None:
+            metrics.update(self.dataset.score(self.sample(self.eval_samples, generator)))
         self.hook.gancore_evaluate(trainer=self, step=self.step, metrics=metrics)
         self.history.append(metrics)
         if self.output:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gancore.manager import Catalog
 from gancore.trainer import Trainer
@@ -17,6 +18,10 @@ TINY = {
     "eval_samples": 500,
     "device": "cpu",
 }
+
+
+# the tests' networks are tiny: one thread each avoids oversubscribing CI's two cores
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -63,4 +63,4 @@ def test_core_defaults_follow_the_unrolled_gan_ring_setup():
     train = core_options().resolve({})
     assert (train.z_dim, train.g_width, train.g_depth, train.batch_size) == (256, 128, 2, 512)
     assert (train.lr_d, train.lr_g, train.betas_d[0]) == (1e-4, 1e-3, 0.5)
-    assert train.eval_samples == 2500
+    assert train.eval_samples == 0  # the dataset protocol's count
