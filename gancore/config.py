@@ -40,6 +40,7 @@ def core_options() -> OptionSet:
     add("n_critic", int, 1, "D updates per step", min=1)
     add("lr_g", float, 1e-3, "G's Adam learning rate", min=0)
     add("lr_d", float, 1e-4, "D's Adam learning rate", min=0)
+    add("lr_decay", str, "none", "learning-rate schedule: none, or linear decay to 0 at the last step (sharpens modes)", choices=("none", "linear"))
     add("betas_g", "floats", (0.5, 0.999), "G's Adam betas")
     add("betas_d", "floats", (0.5, 0.999), "D's Adam betas")
     add("z_dim", int, 256, "latent dimension", min=1)

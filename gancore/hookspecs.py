@@ -51,7 +51,7 @@ How the remedies of ../shared/DESIGN.md map onto these hooks (the design's test)
   ``gancore_step_end`` swap an old G or D snapshot in for K steps every P steps;
   ``gancore_state_dict`` / ``gancore_load_state_dict`` carry buffer and snapshots.
 * **adagan** — ``gancore_fit`` runs T boosting rounds (``trainer.run_steps``), between rounds
-  sets ``trainer.data_weights`` and starts a fresh generator (``trainer.reset_generator``);
+  sets ``trainer.data_weights`` and starts a fresh GAN (``trainer.reinitialize``);
   ``gancore_sample`` samples the mixture; its rounds are its state.
 * **veegan** — ``gancore_build_models`` adds the reconstructor F (trained with G's optimizer)
   and replaces D by a joint critic on (z, x); ``gancore_discriminator_batch`` turns the batch

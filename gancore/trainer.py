@@ -90,7 +90,7 @@ class Trainer:
     ``train`` (its core settings), ``models``, ``optimizers`` (by player), ``dataset``,
     ``data_weights`` (per-point sampling weights or None), ``step``, ``device``, ``generator``
     (the training RNG), and the methods ``noise``, ``real_batch``, ``sample``,
-    ``run_steps``, ``reset_generator`` and ``evaluate``.
+    ``run_steps``, ``reinitialize``, ``mark_good`` and ``evaluate``.
     """
 
     def __init__(self, run: Run, dataset: Dataset | None = None, output: RunDirectory | None = None, progress: bool = True):
@@ -111,7 +111,7 @@ class Trainer:
         self.data_weights: torch.Tensor | None = None
         self.step = 0
         self.history: list[dict] = []
-        self.last_logs: dict[str, torch.Tensor] = {}
+        self.last_logs: dict[str, torch.Tensor | float] = {}
         self.stop_requested: str | None = None  # set by a signal handler; honoured between steps
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
         self.rollbacks = 0
@@ -134,10 +134,16 @@ class Trainer:
             raise GancoreError(f"train.betas_{player.lower()} needs two numbers, e.g. 0.5,0.999")
         return torch.optim.Adam(self.models.parameters(player), lr=lr * self.lr_scale, betas=tuple(betas))
 
-    def reset_generator(self) -> None:
-        """Replace G by a fresh one with a fresh optimizer (meta-algorithms start new rounds with it)."""
-        self.models.G = self.new_generator().to(self.device)
-        self.optimizers["G"] = self._new_optimizer("G")
+    def reinitialize(self, player: str) -> None:
+        """Give ``player``'s networks fresh random weights and a fresh optimizer (a new round of a
+        meta-algorithm). Every layer with ``reset_parameters`` is re-initialized, so wrappers and
+        layers that plugins added stay in place: a plugin's custom layer should implement it."""
+        for name, module in self.models.modules.items():
+            if self.models.players[name] == player:
+                for layer in module.modules():
+                    if hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()
+        self.optimizers[player] = self._new_optimizer(player)
 
     def noise(self, n: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.train.batch_size, self.train.z_dim, device=self.device, generator=self.generator)
@@ -159,6 +165,8 @@ class Trainer:
 
     def train_step(self) -> None:
         hook, step = self.hook, self.step
+        if self.train.lr_decay == "linear":
+            self._set_learning_rates()
         hook.gancore_step_start(trainer=self, step=step)
         d_updates, g_updates = hook.gancore_step_schedule(trainer=self, step=step) or (self.train.n_critic, 1)
         logs: dict[str, torch.Tensor] = {}
@@ -240,15 +248,22 @@ class Trainer:
         lr_scale = self.lr_scale * 0.5
         self.load_state_dict(copy.deepcopy(self._last_good))
         self.lr_scale = lr_scale
-        for player, optimizer in self.optimizers.items():
-            base = self.train.lr_g if player == "G" else self.train.lr_d
-            for group in optimizer.param_groups:
-                group["lr"] = base * lr_scale
+        self._set_learning_rates()
         if self.progress:
             tqdm.write(f"gancore: {error}; rolled back to step {self.step} with learning rates x{lr_scale:g}")
 
+    def _set_learning_rates(self) -> None:
+        """lr = configured lr × rollback scale × linear decay factor (1 → 0 over ``steps``), if enabled."""
+        factor = self.lr_scale
+        if self.train.lr_decay == "linear":
+            factor *= max(0.0, 1.0 - self.step / max(self.train.steps, 1))
+        for player, optimizer in self.optimizers.items():
+            base = self.train.lr_g if player == "G" else self.train.lr_d
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
     def _status(self) -> str:
-        parts = [f"{name.split('/')[0]}={value.item():.3f}" for name, value in self.last_logs.items() if name.endswith("/adversarial")]
+        parts = [f"{name.split('/')[0]}={float(value):.3f}" for name, value in self.last_logs.items() if name.endswith("/adversarial")]
         if self.history and "modes_captured" in self.history[-1]:
             last = self.history[-1]
             parts.append(f"modes={last['modes_captured']}/{last['n_modes']}")
@@ -302,6 +317,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "data_weights": self.data_weights,
             "history": self.history,
+            "last_logs": {name: float(value) for name, value in self.last_logs.items()},
             "plugins": self.run.plugin_states(self),
         }
 
@@ -321,13 +337,19 @@ class Trainer:
         self.lr_scale = state["lr_scale"]
         self.data_weights = state["data_weights"]
         self.history = state["history"]
+        self.last_logs = state["last_logs"]
         self.step = state["step"]
 
-    def save_checkpoint(self) -> None:
-        """Keep this state as the last good one (for rollback) and write it to the run directory, if any."""
+    def mark_good(self) -> dict:
+        """Keep the current state as the one a rollback returns to; return it."""
         self._check_parameters()
         state = self.state_dict()
         self._last_good = copy.deepcopy(state)
+        return state
+
+    def save_checkpoint(self) -> None:
+        """Mark the current state good (for rollback) and write it to the run directory, if any."""
+        state = self.mark_good()
         if self.output:
             self.output.save_checkpoint(self.step, state, self.train.keep_checkpoints)
 

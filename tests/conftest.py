@@ -1,11 +1,19 @@
 """Shared fixtures: tiny, fast runs through the real catalog and trainer."""
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
 
-from gancore.manager import Catalog
-from gancore.trainer import Trainer
+if not torch.cuda.is_available():
+    # Triton kernels run through Triton's CPU interpreter; this is fixed when triton and
+    # gancore.kernels are imported, so it is set before anything imports them
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from gancore.manager import Catalog  # noqa: E402
+from gancore.trainer import Trainer  # noqa: E402
 
 TINY = {
     "steps": 20,

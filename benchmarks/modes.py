@@ -1,0 +1,1028 @@
+"""Does this remedy recover the modes, and how does it compare with the papers?
+
+    python -m benchmarks.modes              # the full table -> benchmarks/RESULTS.md, results.json, samples_*.png
+    python -m benchmarks.modes --quick      # ring8, one seed, few steps -> benchmarks/quick/
+    python -m benchmarks.modes --dry-run    # the plan and its estimated time; runs nothing
+
+Runs vanilla, every built-in remedy (installed plugins of the package gancore, found through
+the catalog) and the preset's combinations on each dataset and seed of ``presets.toml``, each
+run a core :class:`~gancore.trainer.Trainer` scored with the VEEGAN protocol, in parallel
+worker processes. Every finished run is stored under ``OUT/runs/`` and never redone while its
+settings stay the same; the report is regenerated from every stored run. See README.md here.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import io
+import json
+import math
+import multiprocessing
+import os
+import shlex
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gancore import __version__
+from gancore.checkpoint import atomic_write
+from gancore.config import CORE
+from gancore.data import BUILTIN, Dataset, load_dataset
+from gancore.errors import GancoreError
+from gancore.manager import ENTRY_POINT_GROUP, Catalog
+from gancore.metrics import nearest_modes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PRESETS = HERE / "presets.toml"
+PUBLISHED = HERE / "published.toml"
+DEFAULT_OUT = HERE
+QUICK_OUT = HERE / "quick"
+COMMAND = "python -m benchmarks.modes"
+VANILLA = "vanilla"
+BUILTIN_PACKAGE = "gancore"
+PICTURE_SEED = 0
+WORKER_START_SECONDS = 3.0  # spawn + import torch, once per worker (for the estimate)
+
+
+class BenchmarkError(Exception):
+    """A one-line user error (bad preset, bad flag)."""
+
+
+# ------------------------------------------------------------------------------------- presets
+
+
+@dataclass
+class DatasetPreset:
+    """Settings of one dataset: core settings shared by every remedy, plugin options, combinations."""
+
+    name: str
+    train: dict[str, Any]
+    plugins: dict[str, dict[str, Any]]
+    combinations: list[tuple[str, ...]]
+    goal_hq_percent: float | None = None
+
+
+@dataclass
+class Presets:
+    path: Path
+    seeds: list[int]
+    exclude: list[str]
+    datasets: dict[str, DatasetPreset]
+
+
+_TOP_KEYS = {"seeds", "exclude", "combinations", "train", "plugins", "quick"}
+_DATASET_KEYS = {"train", "plugins", "combinations", "goal_hq_percent"}
+_QUICK_KEYS = {"datasets", "seeds", "train", "plugins"}
+_SET_BY_BENCHMARK = {"dataset", "data", "seed"}
+
+
+def load_presets(path: Path, quick: bool = False) -> Presets:
+    """Read and check a presets file; with ``quick``, apply its ``[quick]`` overrides."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BenchmarkError(f"presets file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"presets file {path} is not valid TOML: {exc}") from None
+    where = f"presets file {path}"
+    seeds = _int_list(data.get("seeds", [0]), f"{where}: seeds")
+    exclude = _str_list(data.get("exclude", []), f"{where}: exclude")
+    default_combinations = _combinations(data.get("combinations", []), f"{where}: combinations")
+    shared_train = _train_table(data.get("train", {}), f"{where}: [train]")
+    shared_plugins = _plugin_tables(data.get("plugins", {}), f"{where}: [plugins]")
+    quick_table = _table(data.get("quick", {}), f"{where}: [quick]")
+    unknown = sorted(set(quick_table) - _QUICK_KEYS)
+    if unknown:
+        raise BenchmarkError(f"{where}: unknown key quick.{unknown[0]} (use {', '.join(sorted(_QUICK_KEYS))})")
+    datasets: dict[str, DatasetPreset] = {}
+    for name, table in data.items():
+        if name in _TOP_KEYS:
+            continue
+        if name not in BUILTIN:
+            raise BenchmarkError(f"{where}: [{name}] is not a built-in dataset ({', '.join(BUILTIN)}) nor one of {', '.join(sorted(_TOP_KEYS))}")
+        table = _table(table, f"{where}: [{name}]")
+        unknown = sorted(set(table) - _DATASET_KEYS)
+        if unknown:
+            raise BenchmarkError(f"{where}: unknown key {name}.{unknown[0]} (use {', '.join(sorted(_DATASET_KEYS))})")
+        goal = table.get("goal_hq_percent")
+        if goal is not None and (isinstance(goal, bool) or not isinstance(goal, (int, float))):
+            raise BenchmarkError(f"{where}: {name}.goal_hq_percent must be a number")
+        plugins = _merge_plugins(shared_plugins, _plugin_tables(table.get("plugins", {}), f"{where}: [{name}.plugins]"))
+        datasets[name] = DatasetPreset(
+            name=name,
+            train={**shared_train, **_train_table(table.get("train", {}), f"{where}: [{name}.train]")},
+            plugins=plugins,
+            combinations=_combinations(table["combinations"], f"{where}: {name}.combinations") if "combinations" in table else default_combinations,
+            goal_hq_percent=None if goal is None else float(goal),
+        )
+    if not datasets:
+        raise BenchmarkError(f"{where}: no dataset table (e.g. [ring8])")
+    if quick:
+        quick_train = _train_table(quick_table.get("train", {}), f"{where}: [quick.train]")
+        quick_plugins = _plugin_tables(quick_table.get("plugins", {}), f"{where}: [quick.plugins]")
+        names = _str_list(quick_table.get("datasets", ["ring8"]), f"{where}: quick.datasets")
+        for name in names:
+            if name not in datasets:
+                raise BenchmarkError(f"{where}: quick.datasets names {name!r}, which has no [{name}] table")
+        datasets = {name: datasets[name] for name in names}
+        for preset in datasets.values():
+            preset.train.update(quick_train)
+            preset.plugins = _merge_plugins(preset.plugins, quick_plugins)
+        seeds = _int_list(quick_table.get("seeds", seeds[:1]), f"{where}: quick.seeds")
+    return Presets(Path(path), seeds, exclude, datasets)
+
+
+def _table(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise BenchmarkError(f"{where} must be a table")
+    return value
+
+
+def _train_table(value: Any, where: str) -> dict:
+    table = dict(_table(value, where))
+    for key in sorted(set(table) & _SET_BY_BENCHMARK):
+        raise BenchmarkError(f"{where}: train.{key} is set by the benchmark (datasets are tables, seeds are `seeds`)")
+    return table
+
+
+def _plugin_tables(value: Any, where: str) -> dict[str, dict]:
+    tables = _table(value, where)
+    for name, options in tables.items():
+        _table(options, f"{where[:-1]}.{name}]")
+    return {name: dict(options) for name, options in tables.items()}
+
+
+def _merge_plugins(base: dict[str, dict], over: dict[str, dict]) -> dict[str, dict]:
+    merged = {name: dict(options) for name, options in base.items()}
+    for name, options in over.items():
+        merged.setdefault(name, {}).update(options)
+    return merged
+
+
+def _str_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise BenchmarkError(f"{where} must be a list of names")
+    return list(value)
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise BenchmarkError(f"{where} must be a non-empty list of seeds (integers >= 0)")
+    return list(dict.fromkeys(value))
+
+
+def _combinations(value: Any, where: str) -> list[tuple[str, ...]]:
+    if not isinstance(value, list):
+        raise BenchmarkError(f"{where} must be a list of plugin lists, e.g. [[\"pacgan\", \"minibatch-discrimination\"]]")
+    return [tuple(_str_list(item, f"{where} entry {index}")) for index, item in enumerate(value)]
+
+
+# ---------------------------------------------------------------------------------------- plan
+
+
+def remedy_name(plugins: Iterable[str]) -> str:
+    return "+".join(plugins) or VANILLA
+
+
+def parse_remedy(text: str) -> tuple[str, ...]:
+    """``vanilla`` -> (), ``a+b`` -> (a, b)."""
+    text = text.strip()
+    if text == VANILLA:
+        return ()
+    parts = tuple(part.strip() for part in text.split("+"))
+    if not all(parts):
+        raise BenchmarkError(f"--plugins: {text!r} is not a remedy name (write vanilla, NAME or NAME+NAME)")
+    return parts
+
+
+@dataclass
+class Task:
+    """One run: a remedy on a dataset with a seed, and where its record is stored."""
+
+    dataset: str
+    remedy: str
+    plugins: tuple[str, ...]
+    seed: int
+    values: dict[str, dict[str, Any]]
+    record: Path
+    estimate: float | None = None
+
+    @property
+    def samples(self) -> Path:
+        return self.record.with_suffix(".samples.npy")
+
+
+@dataclass
+class Plan:
+    tasks: list[Task]  # every run of the plan, stored or not
+    remedies: dict[str, list[tuple[str, ...]]]  # per dataset, in display order
+    skipped: list[str] = field(default_factory=list)  # one note per remedy not run
+
+
+def run_values(preset: DatasetPreset, plugins: tuple[str, ...], seed: int) -> dict[str, dict[str, Any]]:
+    """The ``values`` of Catalog.resolve for one run."""
+    values: dict[str, dict[str, Any]] = {CORE: {**preset.train, "dataset": preset.name, "seed": seed}}
+    for name in plugins:
+        if name in preset.plugins:
+            values[name] = dict(preset.plugins[name])
+    return values
+
+
+def discover_remedies(catalog: Catalog, preset: DatasetPreset, exclude: list[str]) -> list[tuple[str, ...]]:
+    """vanilla, every built-in plugin not excluded, then the preset's combinations."""
+    builtins = [(name,) for name, info in sorted(catalog.plugins.items()) if info.package == BUILTIN_PACKAGE and name not in exclude]
+    return list(dict.fromkeys([(), *builtins, *preset.combinations]))
+
+
+def broken_builtins(catalog: Catalog) -> dict[str, str]:
+    """Built-in plugins that failed to import: name -> error."""
+    broken = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in catalog.broken and point.dist is not None and point.dist.name == BUILTIN_PACKAGE:
+            broken[point.name] = catalog.broken[point.name]
+    return broken
+
+
+def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str] | None, remedies: list[str] | None, seeds: list[int] | None) -> Plan:
+    for name in datasets or ():
+        if name not in presets.datasets:
+            raise BenchmarkError(f"--datasets: {name!r} has no table in {presets.path} (there: {', '.join(presets.datasets)})")
+    requested = None if remedies is None else list(dict.fromkeys(parse_remedy(text) for text in remedies))
+    plan = Plan([], {})
+    for name, error in broken_builtins(catalog).items():
+        plan.skipped.append(f"built-in plugin {name} failed to import and was not run ({error})")
+    for preset in (presets.datasets[name] for name in (datasets or presets.datasets)):
+        chosen = requested if requested is not None else discover_remedies(catalog, preset, presets.exclude)
+        runnable = []
+        for plugins in chosen:
+            problem = _check_remedy(catalog, preset, plugins)
+            if problem:
+                plan.skipped.append(f"{preset.name} {remedy_name(plugins)}: {problem}")
+                continue
+            runnable.append(plugins)
+        plan.remedies[preset.name] = runnable
+        for plugins in runnable:
+            for seed in seeds or presets.seeds:
+                path = out / "runs" / preset.name / remedy_name(plugins) / f"seed{seed}.json"
+                plan.tasks.append(Task(preset.name, remedy_name(plugins), plugins, seed, run_values(preset, plugins, seed), path))
+    return plan
+
+
+def _check_remedy(catalog: Catalog, preset: DatasetPreset, plugins: tuple[str, ...]) -> str | None:
+    """Why this remedy cannot run on this dataset, or None (its settings resolve)."""
+    for name in plugins:
+        if name not in catalog.plugins:
+            return f"plugin {name} failed to import ({catalog.broken[name]})" if name in catalog.broken else f"plugin {name} is not installed"
+    try:
+        catalog.resolve(list(plugins), run_values(preset, plugins, 0))
+    except GancoreError as exc:
+        return f"not run: {exc}"
+    return None
+
+
+# ------------------------------------------------------------------------------------ storage
+
+
+def normalized(value: Any) -> Any:
+    """JSON round trip: what a stored record holds (tuples become lists)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def request_key(request: dict) -> str:
+    """A run's requested settings without its seed: equal for the seeds of one remedy."""
+    request = normalized(request)
+    request[CORE] = {key: value for key, value in request.get(CORE, {}).items() if key != "seed"}
+    return json.dumps(request, sort_keys=True)
+
+
+def is_done(task: Task) -> bool:
+    """A stored, successful run of exactly this task's settings (and its samples)."""
+    record = read_record(task.record)
+    return bool(record) and record.get("status") == "ok" and record.get("request") == normalized(task.values) and task.samples.is_file()
+
+
+def stored_records(out: Path) -> list[dict]:
+    records = []
+    for path in sorted((out / "runs").glob("*/*/seed*.json")):
+        record = read_record(path)
+        if record and {"dataset", "remedy", "seed", "status"} <= set(record):
+            record["_path"] = str(path)
+            records.append(record)
+    return records
+
+
+# ------------------------------------------------------------------------------- one run (worker)
+
+
+_WORKER_CATALOG: Catalog | None = None
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    torch.set_num_threads(1)
+
+
+def picture_view(points: torch.Tensor, modes: torch.Tensor | None, hq_norm: str) -> torch.Tensor:
+    """What a panel of samples_<dataset>.png shows of points: themselves up to 2-D; above, two numbers.
+
+    For hd1200 (every mode is one shift of all coordinates): x = the mean coordinate (which mode),
+    y = the distance to the nearest mode in the HQ norm (L-inf there; HQ means y <= radius).
+    """
+    points = points.detach().float().cpu()
+    if points.shape[1] <= 2 or modes is None:
+        return points
+    modes = modes.float().cpu()
+    offsets = points - modes[nearest_modes(points, modes)]
+    distance = offsets.abs().amax(dim=1) if hq_norm == "linf" else offsets.norm(dim=1)
+    return torch.stack([points.mean(dim=1), distance], dim=1)
+
+
+def execute(task: Task, catalog: Catalog | None = None) -> dict:
+    """Run one task with the core trainer, store its record and samples, and return the record.
+
+    A run whose loss or parameters become non-finite is a result, not a failure: it is stored
+    with ``diverged`` (the core's message) and the metrics of its generator where it stopped
+    (a diverged generator scores 0), so that it is not redone (it would diverge again).
+    A run that raises anything else is stored as failed and retried on the next invocation.
+    """
+    from gancore.trainer import NonFiniteError, Trainer
+
+    global _WORKER_CATALOG
+    if catalog is None:
+        _WORKER_CATALOG = _WORKER_CATALOG or Catalog.installed()
+        catalog = _WORKER_CATALOG
+    base = {"dataset": task.dataset, "remedy": task.remedy, "plugins": list(task.plugins), "seed": task.seed,
+            "request": normalized(task.values), "gancore": __version__}
+    started = time.perf_counter()
+    try:
+        run = catalog.resolve(list(task.plugins), task.values)
+        diverged = None
+        with run.reporting_plugin_faults():
+            trainer = Trainer(run, output=None, progress=False)
+            try:
+                summary = trainer.fit()
+            except NonFiniteError as exc:
+                diverged = str(exc)
+                summary = {"dataset": trainer.dataset.name, "plugins": list(run.config.plugins), "seed": trainer.train.seed, **trainer.evaluate()}
+            wall = time.perf_counter() - started
+            # the samples the final evaluation scored (Trainer.evaluate seeds its generator this way)
+            generator = torch.Generator(trainer.device).manual_seed(trainer.train.seed * 1_000_003 + trainer.step)
+            samples = trainer.sample(trainer.eval_samples, generator)
+        samples = samples.reshape(len(samples), -1)
+        samples = samples[torch.isfinite(samples).all(dim=1)]
+        view = picture_view(samples, trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
+        atomic_write(task.samples, lambda handle: np.save(handle, view))
+        record = {**base, "status": "ok", "settings": run.config.to_toml_dict(), "metrics": summary,
+                  "history": trainer.history, "wall_seconds": round(wall, 3)}
+        if diverged:
+            record["diverged"] = diverged
+    except Exception as exc:  # a broken plugin must not stop the other runs
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        record = {**base, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:500],
+                  "wall_seconds": round(time.perf_counter() - started, 3)}
+    write_text(task.record, dump_json(record))
+    return record
+
+
+# ----------------------------------------------------------------------------------- estimate
+
+
+def probe_seconds(catalog: Catalog, task: Task, datasets: dict, budget: float = 0.3) -> tuple[float, bool]:
+    """Estimated wall seconds of ``task``'s run from a few timed steps; and whether a plugin runs its own fit loop."""
+    from gancore.trainer import Trainer
+
+    train = task.values[CORE]
+    key = (task.dataset, train.get("n_train", 20000), task.seed)
+    if key not in datasets:
+        started = time.perf_counter()
+        datasets[key] = (load_dataset(task.dataset, "", key[1], task.seed), time.perf_counter() - started)
+    dataset, data_seconds = datasets[key]
+    started = time.perf_counter()
+    run = catalog.resolve(list(task.plugins), task.values)
+    trainer = Trainer(run, dataset=dataset, output=None, progress=False)
+    build_seconds = time.perf_counter() - started
+    trainer.train_step()  # warm-up
+    steps, spent = 0, 0.0
+    while steps < 5 and (steps < 1 or spent < budget):
+        started = time.perf_counter()
+        trainer.train_step()
+        spent += time.perf_counter() - started
+        steps += 1
+    started = time.perf_counter()
+    trainer.evaluate()
+    eval_seconds = time.perf_counter() - started
+    total, every = run.config.train.steps, run.config.train.eval_every
+    evaluations = (total // every if every else 0) + 1
+    own_fit = bool(run.hook.gancore_fit.get_hookimpls())
+    return data_seconds + build_seconds + total * spent / steps + evaluations * eval_seconds, own_fit
+
+
+def estimate(catalog: Catalog, pending: list[Task], stored: list[dict], probe: bool) -> list[str]:
+    """Set ``task.estimate`` (seconds) on pending tasks; return notes on how some were estimated.
+
+    A remedy with stored runs of the same settings is estimated by their mean wall time; the
+    others by timing a few of their steps (and one evaluation) in this process.
+    """
+    measured: dict[str, list[float]] = {}
+    for record in stored:
+        if record.get("status") == "ok":
+            measured.setdefault(request_key(record["request"]), []).append(record["wall_seconds"])
+    groups: dict[tuple[str, str], list[Task]] = {}
+    for task in pending:
+        groups.setdefault((task.dataset, task.remedy), []).append(task)
+    datasets: dict = {}
+    notes = []
+    bar = tqdm(groups.items(), desc="timing steps", unit="remedy", leave=False, disable=not probe)
+    for (dataset, remedy), tasks in bar:
+        known = measured.get(request_key(tasks[0].values))
+        if known:
+            seconds = statistics.fmean(known)
+        elif probe:
+            bar.set_postfix_str(f"{dataset} {remedy}")
+            try:
+                seconds, own_fit = probe_seconds(catalog, tasks[0], datasets)
+            except Exception as exc:  # the run itself will fail and say why
+                notes.append(f"{dataset} {remedy}: could not time a step ({type(exc).__name__}: {exc})")
+                continue
+            if own_fit:
+                notes.append(f"{dataset} {remedy}: runs its own fit loop; its estimate assumes `steps` steps in all")
+        else:
+            continue
+        for task in tasks:
+            task.estimate = seconds
+    return notes
+
+
+def makespan(seconds: list[float], workers: int) -> float:
+    """Elapsed time of running jobs longest first on ``workers`` workers (the order the pool gets them)."""
+    finish = [WORKER_START_SECONDS] * max(1, min(workers, len(seconds)))
+    for job in sorted(seconds, reverse=True):
+        heapq.heappush(finish, heapq.heappop(finish) + job)
+    return max(finish) if seconds else 0.0
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[dict], bool]:
+    """Run tasks (longest estimate first) with a progress bar over finished runs; return (records, interrupted)."""
+    tasks = sorted(tasks, key=lambda task: -(task.estimate or 0.0))
+    records: list[dict] = []
+    bar = tqdm(total=len(tasks), desc="runs", unit="run", dynamic_ncols=True)
+
+    def finished(record: dict) -> None:
+        records.append(record)
+        bar.update(1)
+        if record["status"] == "ok":
+            metrics = record["metrics"]
+            bar.set_postfix_str(
+                f"last: {record['dataset']} {record['remedy']} s{record['seed']} "
+                f"{metrics.get('modes_captured', '?')}/{metrics.get('n_modes', '?')} modes "
+                f"HQ {metrics.get('hq_percent', float('nan')):.1f}% {record['wall_seconds']:.0f}s"
+            )
+        else:
+            bar.write(f"failed: {record['dataset']} {record['remedy']} seed {record['seed']}: {record['error']}")
+
+    try:
+        with bar:
+            if workers == 1:
+                torch.set_num_threads(1)
+                for task in tasks:
+                    finished(execute(task, catalog))
+            else:
+                context = multiprocessing.get_context("spawn")
+                pool = context.Pool(workers, initializer=_init_worker)
+                try:
+                    for record in pool.imap_unordered(execute, tasks, chunksize=1):
+                        finished(record)
+                    pool.close()
+                except BaseException:
+                    pool.terminate()
+                    raise
+                finally:
+                    pool.join()
+    except KeyboardInterrupt:
+        return records, True
+    return records, False
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class Row:
+    """One remedy on one dataset, over its stored seeds."""
+
+    remedy: str
+    plugins: list[str]
+    records: list[dict]
+
+    def values(self, key: str) -> list[float]:
+        return [record["metrics"][key] for record in self.records if record["metrics"].get(key) is not None]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(record["seed"] for record in self.records)
+
+    @property
+    def n_modes(self) -> int:
+        return self.records[0]["metrics"]["n_modes"]
+
+    @property
+    def modes(self) -> tuple[float, float | None]:
+        return _mean_std(self.values("modes_captured"))
+
+    @property
+    def hq(self) -> tuple[float, float | None]:
+        return _mean_std(self.values("hq_percent"))
+
+    @property
+    def wall(self) -> float:
+        return statistics.fmean(record["wall_seconds"] for record in self.records)
+
+
+def _pm(mean: float, std: float | None, digits: int) -> str:
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def _kl_cell(row: Row) -> str:
+    kls = row.values("reverse_kl")
+    if not kls:
+        return "n/a"
+    text = f"{statistics.fmean(kls):.3f}"
+    return text if len(kls) == len(row.records) else f"{text} ({len(kls)} of {len(row.records)}†)"
+
+
+def _order(remedy: str) -> tuple:
+    return (remedy != VANILLA, remedy.count("+"), remedy)
+
+
+def load_published(path: Path = PUBLISHED) -> list[dict]:
+    try:
+        return tomllib.loads(path.read_text()).get("row", [])
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+
+
+def _settings_lines(rows: list[Row]) -> tuple[str, list[str]]:
+    """The core settings shared by every row, and per remedy what its resolved settings change."""
+    def flat(record: dict) -> dict[str, Any]:
+        settings = record.get("settings", {})
+        items = {f"train.{k}": v for k, v in settings.get(CORE, {}).items() if k not in ("seed", "dataset", "data")}
+        for plugin, options in settings.get("plugins", {}).items():
+            items.update({f"{plugin}.{k}": v for k, v in options.items()})
+        return items
+
+    shared_request = None
+    for row in rows:
+        for record in row.records:
+            request = {k: v for k, v in record["request"].get(CORE, {}).items() if k not in ("seed", "dataset")}
+            shared_request = request if shared_request is None else {k: v for k, v in shared_request.items() if request.get(k) == v}
+    base = next((flat(row.records[0]) for row in rows if row.remedy == VANILLA), {})
+    lines = []
+    for row in rows:
+        if row.remedy != VANILLA:
+            settings = flat(row.records[0])
+            changed = {k: v for k, v in settings.items() if base.get(k) != v}
+            text = ", ".join(f"{k}={_show(v)}" for k, v in sorted(changed.items(), key=lambda kv: (not kv[0].startswith("train."), kv[0])))
+            lines.append(f"- {row.remedy}: {text or 'no option, no change'}")
+        elif len({request_key(record["request"]) for record in row.records}) > 1:
+            lines.append(f"- {row.remedy}:")
+        if len({request_key(record["request"]) for record in row.records}) > 1:
+            lines.append("  - **its seeds were run with different settings**: rerun the benchmark to make them uniform")
+    shared = ", ".join(f"{k}={_show(v)}" for k, v in sorted((shared_request or {}).items()))
+    return shared, lines
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def build_rows(records: list[dict]) -> dict[str, list[Row]]:
+    by_dataset: dict[str, dict[str, Row]] = {}
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        rows = by_dataset.setdefault(record["dataset"], {})
+        rows.setdefault(record["remedy"], Row(record["remedy"], record["plugins"], [])).records.append(record)
+    return {dataset: sorted(rows.values(), key=lambda row: _order(row.remedy)) for dataset, rows in by_dataset.items()}
+
+
+def dataset_order(names: Iterable[str], presets: Presets | None) -> list[str]:
+    preferred = list(presets.datasets) if presets else []
+    preferred += [name for name in BUILTIN if name not in preferred]
+    return sorted(names, key=lambda name: (preferred.index(name) if name in preferred else len(preferred), name))
+
+
+def write_report(out: Path, presets: Presets, goals: dict[str, float], argv: list[str], notes: list[str]) -> Path:
+    """Regenerate RESULTS.md, results.json and samples_<dataset>.png in ``out`` from every stored run."""
+    records = stored_records(out)
+    rows_by_dataset = build_rows(records)
+    datasets = dataset_order(rows_by_dataset, presets)
+    published = load_published()
+    failed = [r for r in records if r.get("status") == "failed"]
+    invocations = _read_invocations(out)
+    command = " ".join([COMMAND, *map(shlex.quote, argv)])
+    rel_out = _relative(out)
+
+    lines = [
+        "# Does the remedy recover the modes? Mode coverage of every remedy, with the papers' figures",
+        "",
+        f"> **Generated file: do not edit by hand.** Produced by `{command}` (gancore {__version__}) from the "
+        f"runs stored in `{_relative(out / 'runs')}/`; rerun the command to regenerate it.",
+        "",
+        "Protocol (VEEGAN; `../shared/PROTOCOLS.md`): each run draws 2500 samples of its final generator. A sample is high "
+        "quality (HQ) if it lies within 3 std of its nearest mode (ring8: 0.06, grid25: 0.15, L2); for hd1200 we read "
+        "VEEGAN's \"10 std\" as *every coordinate within 10 of the nearest mean* (L∞; nearest mean by L2), a reading no "
+        "public code states. A mode is captured if it is the nearest mode of at least one HQ sample. Reverse KL: "
+        "KL(histogram of HQ samples over modes ‖ uniform), nats (0 is perfect; n/a when no sample is HQ). "
+        "Our rows: mean ± std over seeds (std with n − 1); wall time: building and training one run and its final "
+        "evaluation, on one CPU thread. Published rows are the papers' means (PacGAN: 10 runs).",
+        "",
+    ]
+    if not datasets:
+        lines += ["No run is stored yet.", ""]
+    for dataset in datasets:
+        rows = rows_by_dataset[dataset]
+        n_modes = rows[0].n_modes
+        shared, remedy_settings = _settings_lines(rows)
+        lines += [f"## {dataset}", "", f"Settings shared by every remedy: {shared or 'core defaults'}.", ""]
+        lines += [f"| remedy | modes (of {n_modes}) | HQ % | reverse KL | wall s / run | seeds |", "|---|---|---|---|---|---|"]
+        for row in rows:
+            modes, hq = row.modes, row.hq
+            diverged = sum(1 for record in row.records if record.get("diverged"))
+            name = row.remedy + (f" ({diverged} diverged‡)" if diverged else "")
+            lines.append(f"| {name} | {_pm(*modes, 1)} | {_pm(*hq, 1)} | {_kl_cell(row)} | {row.wall:.1f} | {len(row.records)} |")
+        for paper in published:
+            if dataset in paper:
+                paper_modes, paper_hq = paper[dataset]
+                lines.append(f"| *published:* {paper['method']} ({paper['source']}) | {paper_modes:g} | {paper_hq:g} | — | — | {paper.get('runs', '—')} |")
+        if any(len(row.values("reverse_kl")) < len(row.records) for row in rows):
+            lines += ["", "† reverse KL averaged over the seeds with at least one HQ sample."]
+        if any(record.get("diverged") for row in rows for record in row.records):
+            lines += ["", "‡ seeds whose loss became NaN/Inf (the core stops them, `train.on_nonfinite = \"stop\"`); "
+                      "they count with the metrics of their generator where training stopped."]
+        if remedy_settings:
+            lines += ["", "What each remedy's resolved settings change from vanilla's (plugin options; core settings a plugin suggested):", "", *remedy_settings]
+        picture = out / f"samples_{dataset}.png"
+        if draw_dataset(picture, dataset, rows):
+            lines += ["", f"![samples of every remedy on {dataset}]({picture.name})"]
+        lines.append("")
+
+    lines += ["## Notes", "", "Generated from the numbers above.", ""]
+    for dataset in datasets:
+        lines += [f"### {dataset}", "", *_dataset_notes(dataset, rows_by_dataset[dataset], goals.get(dataset), published), ""]
+    lines += ["### Runs and time", ""]
+    ok = [r for r in records if r.get("status") == "ok"]
+    total = sum(r["wall_seconds"] for r in ok)
+    per_dataset = ", ".join(f"{d} {duration(sum(r['wall_seconds'] for r in ok if r['dataset'] == d))}" for d in datasets)
+    lines.append(f"- {len(ok)} runs stored; sum of their wall times {duration(total)}" + (f" ({per_dataset})" if per_dataset else "") + ".")
+    if invocations:
+        last = invocations[-1]
+        lines.append(
+            f"- Elapsed time of the invocations that ran them: {duration(sum(i['elapsed_seconds'] for i in invocations))} in all "
+            f"({len(invocations)} invocation{'s' if len(invocations) != 1 else ''}); the last ran {last['ran']} runs in "
+            f"{duration(last['elapsed_seconds'])} with {last['workers']} workers on a machine with {last.get('cpus', '?')} CPUs."
+        )
+    for record in ok:
+        if record.get("diverged"):
+            lines.append(f"- diverged: {record['dataset']} {record['remedy']} seed {record['seed']}: {record['diverged']}")
+    for record in failed:
+        lines.append(f"- **failed**: {record['dataset']} {record['remedy']} seed {record['seed']}: {record['error']} (retried on the next invocation)")
+    for note in notes:
+        lines.append(f"- {note}")
+    lines.append("")
+    write_text(out / "RESULTS.md", "\n".join(lines))
+
+    results = [
+        {key: record[key] for key in ("dataset", "remedy", "plugins", "seed", "request", "settings", "metrics", "wall_seconds", "gancore")}
+        for record in sorted(ok, key=lambda r: (datasets.index(r["dataset"]), _order(r["remedy"]), r["seed"]))
+    ]
+    write_text(out / "results.json", dump_json(results))
+    return out / "RESULTS.md"
+
+
+def _dataset_notes(dataset: str, rows: list[Row], goal: float | None, published: list[dict]) -> list[str]:
+    notes = []
+    n_modes = rows[0].n_modes
+    vanilla = next((row for row in rows if row.remedy == VANILLA), None)
+    others = [row for row in rows if row.remedy != VANILLA]
+    if vanilla is None:
+        notes.append("- No vanilla run is stored: nothing to compare the remedies with.")
+    else:
+        v_modes, v_hq = vanilla.modes, vanilla.hq
+        notes.append(f"- vanilla: {v_modes[0]:.1f}/{n_modes} modes, {v_hq[0]:.1f}% HQ.")
+        groups: dict[str, list[str]] = {"both": [], "modes": [], "hq": [], "neither": []}
+        for row in others:
+            (m, m_std), (h, h_std) = row.modes, row.hq
+            dm, dh = m - v_modes[0], h - v_hq[0]
+            close = lambda diff, a, b: abs(diff) <= max(a or 0.0, b or 0.0)  # noqa: E731
+            flag = " (within one std)" if (dm > 0 and close(dm, m_std, v_modes[1])) or (dh > 0 and close(dh, h_std, v_hq[1])) else ""
+            text = f"{row.remedy} ({dm:+.1f} modes, {dh:+.1f} HQ points){flag}"
+            groups["both" if dm > 0 and dh > 0 else "modes" if dm > 0 else "hq" if dh > 0 else "neither"].append(text)
+        labels = {"both": "Beat vanilla on modes and HQ", "modes": "Beat vanilla on modes only", "hq": "Beat vanilla on HQ only", "neither": "No better than vanilla on either"}
+        for key, label in labels.items():
+            if groups[key]:
+                notes.append(f"- {label}: {'; '.join(groups[key])}.")
+        if not others:
+            notes.append("- No remedy besides vanilla is stored.")
+    best = max(rows, key=lambda row: (row.modes[0], row.hq[0]))
+    (b_modes, _), (b_hq, _) = best.modes, best.hq
+    if goal is not None:
+        target = f"all {n_modes} modes with at least {goal:g}% HQ"
+        meets = [row for row in rows if row.modes[0] >= n_modes and row.hq[0] >= goal]
+        per_seed = sum(1 for r in best.records if r["metrics"]["modes_captured"] >= n_modes and r["metrics"]["hq_percent"] >= goal)
+        if meets:
+            notes.append(f"- Goal ({target}) **met** by: {', '.join(row.remedy for row in meets)}.")
+        else:
+            misses = []
+            if b_modes < n_modes:
+                misses.append(f"{n_modes - b_modes:.1f} modes short")
+            if b_hq < goal:
+                misses.append(f"{goal - b_hq:.1f} HQ points short")
+            notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_hq:.1f}% HQ: "
+                         f"{' and '.join(misses)}; {per_seed} of its {len(best.records)} seeds meet the goal.")
+    else:
+        notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_hq:.1f}% HQ (no goal set for {dataset}).")
+    comparisons = []
+    for paper in published:
+        row = next((row for row in rows if row.remedy == paper.get("remedy")), None)
+        if row is not None and dataset in paper:
+            modes, hq = paper[dataset]
+            comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {row.hq[0]:.1f}% vs {paper['method']} {modes:g} / {hq:g}% ({paper['source']})")
+    if comparisons:
+        notes.append(f"- Ours vs the papers (modes / HQ): {'; '.join(comparisons)}. Settings differ from the papers' (steps, nets, batch): see above.")
+    return notes
+
+
+def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
+    """One panel per remedy: samples of one seed (0 if stored) over the data. False if nothing to draw."""
+    import matplotlib.pyplot as plt
+
+    from gancore.report import draw_samples
+
+    panels = []
+    for row in rows:
+        record = next((r for r in row.records if r["seed"] == PICTURE_SEED), None) or min(row.records, key=lambda r: r["seed"])
+        samples_path = Path(record["_path"]).with_suffix(".samples.npy")
+        if samples_path.is_file():
+            panels.append((row, record, torch.from_numpy(np.load(samples_path, allow_pickle=False))))
+    if not panels:
+        return False
+    columns = min(4, len(panels))
+    rows_n = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows_n, columns, figsize=(3.4 * columns, 3.5 * rows_n), squeeze=False)
+    cache: dict = {}
+    for index, (row, record, samples) in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        view = _dataset_view(record, cache)
+        metrics = record["metrics"]
+        title = f"{row.remedy} (seed {record['seed']})\n{metrics['modes_captured']}/{metrics['n_modes']} modes, HQ {metrics['hq_percent']:.1f}%"
+        if len(samples):
+            draw_samples(axis, samples, view, title, legend=index == 0)
+        else:
+            axis.set_title(title + "\nno finite sample", fontsize=9)
+        if _load_cached(record, cache).dim > 2:
+            axis.axhline(view.radius, color="grey", lw=0.8, ls=":")
+            axis.set_xlabel("mean coordinate (which mode)")
+            axis.set_ylabel(f"{'L∞' if view.hq_norm == 'linf' else 'L2'} distance to nearest mean")
+    for index in range(len(panels), rows_n * columns):
+        axes[index // columns][index % columns].axis("off")
+    steps = panels[0][1].get("settings", {}).get(CORE, {}).get("steps", "?")
+    extra = "; dotted line: the HQ radius" if any(_load_cached(record, cache).dim > 2 for _, record, _ in panels) else ""
+    figure.suptitle(f"{dataset}: samples of each remedy after {steps} steps (orange) over the data (blue){extra}", fontsize=11)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    return True
+
+
+def _load_cached(record: dict, cache: dict) -> Dataset:
+    train = record.get("settings", {}).get(CORE, {})
+    key = (record["dataset"], train.get("n_train", 20000), record["seed"])
+    if key not in cache:
+        cache[key] = load_dataset(record["dataset"], "", key[1], record["seed"])
+    return cache[key]
+
+
+def _dataset_view(record: dict, cache: dict) -> Dataset:
+    """The dataset as :func:`picture_view` shows it (itself up to 2-D)."""
+    data = _load_cached(record, cache)
+    if data.dim <= 2 or data.modes is None:
+        return data
+    points = picture_view(data.points[:5000], data.modes, data.hq_norm)
+    modes = torch.stack([data.modes.mean(dim=1), torch.zeros(len(data.modes))], dim=1)
+    return Dataset(data.name, points, modes, data.radius, data.hq_norm)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _read_invocations(out: Path) -> list[dict]:
+    path = out / "runs" / "invocations.jsonl"
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+def _log_invocation(out: Path, argv: list[str], workers: int, ran: int, elapsed: float) -> None:
+    entry = {"argv": argv, "workers": workers, "ran": ran, "elapsed_seconds": round(elapsed, 1), "cpus": os.cpu_count(),
+             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = out / "runs" / "invocations.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return names
+
+
+def _seeds(values: list[str] | None) -> list[int] | None:
+    if values is None:
+        return None
+    seeds = []
+    for text in _names(values):
+        low, dash, high = text.partition("-")
+        try:
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(text)]
+        except ValueError:
+            raise BenchmarkError(f"--seeds: {text!r} is not a seed or a range like 0-4") from None
+    if not seeds or min(seeds) < 0:
+        raise BenchmarkError("--seeds: give seeds >= 0, e.g. --seeds 0,1 or --seeds 0-4")
+    return list(dict.fromkeys(seeds))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=COMMAND,
+        description="Mode coverage of vanilla and every built-in remedy (VEEGAN protocol), with the papers' figures.",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke test: the preset's [quick] overrides (ring8, one seed, few steps), into benchmarks/quick/")
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (comma- or space-separated)")
+    p.add_argument("--plugins", nargs="+", metavar="REMEDY", help="only these remedies: vanilla, NAME, or NAME+NAME for a combination")
+    p.add_argument("--seeds", nargs="+", metavar="SEED", help="only these seeds, e.g. 0,1 or 0-4 (default: the preset's)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: the number of CPUs; 1 runs in this process)")
+    p.add_argument("--presets", type=Path, default=DEFAULT_PRESETS, help="presets file (default: benchmarks/presets.toml)")
+    p.add_argument("--out", type=Path, help="output directory (default: benchmarks/, or benchmarks/quick/ with --quick)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing, write nothing")
+    p.add_argument("--no-timing", action="store_true", help="do not time a few steps of every remedy before starting (no time estimate)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    try:
+        return _main(args, argv)
+    except (BenchmarkError, GancoreError) as exc:
+        print(f"benchmarks.modes: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
+    started = time.perf_counter()
+    if args.workers < 1:
+        raise BenchmarkError("--workers must be at least 1")
+    presets = load_presets(args.presets, quick=args.quick)
+    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    catalog = Catalog.installed()
+    plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds))
+    pending = [task for task in plan.tasks if not is_done(task)]
+    stored = stored_records(out)
+    workers = max(1, min(args.workers, len(pending) or 1))
+
+    shape = " + ".join(f"{name} {len(remedies)} remedies" for name, remedies in plan.remedies.items())
+    print(f"{COMMAND}: {len(plan.tasks)} runs ({shape}; seeds {','.join(map(str, _seeds_of(plan)))}), "
+          f"{len(plan.tasks) - len(pending)} already stored in {_relative(out / 'runs')}/, {len(pending)} to run on {workers} workers")
+    for note in plan.skipped:
+        print(f"  skipped: {note}")
+    torch.set_num_threads(1)
+    estimate_notes = estimate(catalog, pending, stored, probe=not args.no_timing) if pending else []
+    if pending:
+        _print_estimate(pending, workers, estimate_notes)
+    if args.dry_run:
+        return 0
+
+    records, interrupted = run_tasks(pending, workers, catalog) if pending else ([], False)
+    elapsed = time.perf_counter() - started
+    if records:
+        _log_invocation(out, argv, workers, len(records), elapsed)
+    full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
+    goals = {name: preset.goal_hq_percent for name, preset in full.datasets.items() if preset.goal_hq_percent is not None}
+    report = write_report(out, full, goals, argv, [f"skipped: {note}" for note in plan.skipped])
+    failed = sum(1 for record in records if record["status"] != "ok")
+    print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {_relative(report)}, results.json and the pictures")
+    if interrupted:
+        print("interrupted: finished runs are stored; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 1 if failed else 0
+
+
+def _seeds_of(plan: Plan) -> list[int]:
+    return sorted({task.seed for task in plan.tasks})
+
+
+def _print_estimate(pending: list[Task], workers: int, notes: list[str]) -> None:
+    known = [task.estimate for task in pending if task.estimate is not None]
+    if not known:
+        print(f"  estimated time: unknown (no step timed); {len(pending)} runs")
+        return
+    unknown = len(pending) - len(known)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"  estimated time: {duration(makespan(known, workers))} on {workers} workers "
+          f"(sum of run times {duration(sum(known))}, from timed steps x steps"
+          + (f"; {unknown} runs not estimated" if unknown else "")
+          + f"; timed at load average {load:.1f} on {os.cpu_count()} CPUs: a busier machine times slower)")
+    per: dict[str, dict[str, float]] = {}
+    for task in pending:
+        if task.estimate is not None:
+            per.setdefault(task.dataset, {})[task.remedy] = task.estimate
+    for dataset, remedies in per.items():
+        steps = next(task.values[CORE].get("steps", "default") for task in pending if task.dataset == dataset)
+        listing = ", ".join(f"{remedy} {duration(seconds)}" for remedy, seconds in sorted(remedies.items(), key=lambda kv: _order(kv[0])))
+        print(f"  per run, {dataset} ({steps} steps): {listing}")
+    for note in notes:
+        print(f"  note: {note}")
+
+
+if __name__ == "__main__":
+    # import under the package name so that spawned workers unpickle tasks from benchmarks.modes
+    from benchmarks.modes import main as _package_main
+
+    sys.exit(_package_main())

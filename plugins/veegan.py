@@ -1,0 +1,204 @@
+"""VEEGAN: a reconstructor network F: x → z and a critic of (z, x) pairs (Srivastava et al., 2017).
+
+akashgit/VEEGAN, Algorithm 1. Besides G_γ: z → x, VEEGAN trains a reconstructor F_θ: x → z that
+inverts G *and* maps the data to the noise distribution p0 = N(0, I). If G drops a mode, F cannot
+send that mode's data to anything that looks like p0-noise paired with G's output, so the joint
+critic sees the difference and G gets a signal towards the missing mode. Each step::
+
+    z_i ~ p0(z),  x_g^i = G_γ(z_i)              (fake pairs (z_i, x_g^i))
+    x_i ~ p(x),   z_g^i = F_θ(x_i)              (real pairs (z_g^i, x_i), F(x) detached)
+    ω ← ω − ∇_ω O_LR:  D learns to tell (z, G(z)) from (F(x), x)    (the core's D loss on pairs)
+    γ, θ ← γ, θ − ∇ Ô,   Ô = (1/N) Σ_i −ℓ_ω(z_i, x_g^i)  +  weight · (1/N) Σ_i ‖z_i − F_θ(x_g^i)‖²
+
+where ℓ_ω is the critic's logit. gancore's D gives *real* pairs a positive logit, so at its
+optimum ℓ* = log p_θ(z|x)p(x) / q_γ(x|z)p0(z), the negative of the paper's D_ω, and
+−E_q[ℓ*] = KL(q_γ(x|z)p0(z) ‖ p_θ(z|x)p(x)): the first term of Ô is the paper's KL estimate.
+
+Choice of G's adversarial term (option ``adversarial``). ``"logit"`` (default) replaces the
+core's term by −mean ℓ(z, G(z)), VEEGAN's objective: the estimate of the KL divergence in the
+paper's upper bound (with the logistic critic of the core's ``non-saturating``/``minimax``
+families). ``"core"`` keeps the ``train.loss`` family's G loss (e.g. the non-saturating
+softplus(−ℓ)), a different divergence with gentler gradients where the critic is confident.
+With ``wasserstein`` and ``hinge`` losses both choices are the same term. The reconstruction term
+is differentiated for G and for F (both are the G player: F is added with ``player="G"``); the
+adversarial term does not involve F, so as in Algorithm 1 F learns from the reconstruction only.
+
+How it maps onto gancore's hooks:
+
+* ``gancore_build_models`` adds F (an MLP mirroring G: ``data_dim → width×depth → z_dim``) as
+  ``models["F"]`` of the G player, so G's optimizer trains it and checkpoints save it, and
+  replaces D by a joint critic (``Discriminator.mlp`` on ``z_dim + data_dim`` inputs; image
+  samples are flattened, for F and for the critic alike). It runs first among plugins, so
+  others (minibatch head, packing) reshape the joint critic.
+* ``gancore_discriminator_batch`` (also first) makes the pairs: ``cat([z, x], dim=1)``, z first.
+  D phase: real ← (F(x) detached, x), fake ← (z, G(z)); G phase: fake ← (z, G(z)) with G's gradient.
+* ``gancore_generator_loss`` sets ``terms["adversarial"]`` as above and adds
+  ``terms["reconstruction"] = weight · mean_i ‖z_i − F(G(z_i))‖²`` (squared L2 norm over the
+  z dimensions, averaged over the batch).
+* ``gancore_evaluate`` reports ``reconstruction_error``: mean ‖z − F(G(z))‖² on fresh noise.
+
+Inference: :func:`encode` (Python) and ``gancore encode RUN_DIR --data FILE --out FILE.npy``
+map points through the trained F.
+
+Known limits: plugins that feed D raw points themselves (through ``trainer.real_batch()`` rather
+than ``batch``: unrolled, feature-matching) do not see pairs and cannot run with the joint critic;
+they are declared incompatible.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gancore import GancoreError, hookimpl
+from gancore.models import Discriminator, mlp
+
+NAME = "veegan"
+
+
+class Reconstructor(nn.Module):
+    """F: x → z, an MLP ``data_dim → width × depth → z_dim`` (G's architecture, reversed)."""
+
+    def __init__(self, data_dim: int, z_dim: int, width: int, depth: int, activation: str):
+        super().__init__()
+        self.net = mlp([data_dim] + [width] * depth + [z_dim], activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))  # images are read as flat vectors
+
+
+def pair(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The joint critic's input: noise first, then data (flattened), ``cat([z, x], dim=1)``."""
+    return torch.cat([z, x.flatten(1)], dim=1)
+
+
+def reconstruction_error(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
+    """mean_i ‖z_i − ẑ_i‖² (squared L2 norm over the z dimensions, mean over the batch)."""
+    return (z - z_hat).pow(2).sum(dim=1).mean()
+
+
+class Veegan:
+    """VEEGAN: reconstructor F: x→z, a critic on (z, x) pairs, and ‖z − F(G(z))‖² (Srivastava et al. 2017)."""
+
+    # unrolled advances D on a raw trainer.real_batch(), which is not a (z, x) pair
+    # (feature-matching declares the same for its raw real features)
+    incompatible_with = ("unrolled",)
+
+    def __init__(self) -> None:
+        self.weight = 1.0
+        self.adversarial = "logit"
+        self._g_phase: tuple[object, torch.Tensor] | None = None  # (batch, G(z) with gradient)
+
+    @hookimpl
+    def gancore_add_options(self, options):
+        options.add("weight", float, 1.0, "weight (> 0) of the noise autoencoder term ‖z − F(G(z))‖²", min=0)
+        options.add("width", int, None, "F's hidden width (default: train.g_width)", min=1)
+        options.add("depth", int, None, "F's hidden layers (default: train.g_depth)", min=1)
+        options.add(
+            "adversarial", str, "logit",
+            "G's adversarial term: 'logit' = −mean critic logit on (z, G(z)) (VEEGAN's KL estimate), 'core' = train.loss's G loss",
+            choices=("logit", "core"),
+        )
+
+    @hookimpl
+    def gancore_configure(self, config, options):
+        if options.weight <= 0:
+            raise GancoreError(f"veegan.weight={options.weight:g}: must be positive (F learns from the reconstruction term only)")
+        self.weight = options.weight
+        self.adversarial = options.adversarial
+
+    @hookimpl(tryfirst=True)
+    def gancore_build_models(self, models, config, dataset):
+        train, options = config.train, config.plugins[NAME]
+        width = options.width or train.g_width
+        depth = options.depth or train.g_depth
+        models.add("F", Reconstructor(dataset.dim, train.z_dim, width, depth, train.activation), player="G")
+        models.D = Discriminator.mlp(train.z_dim + dataset.dim, train.d_width, train.d_depth, train.activation)
+
+    @hookimpl(tryfirst=True)
+    def gancore_discriminator_batch(self, trainer, batch):
+        if batch.phase == "D":
+            with torch.no_grad():
+                z_real = trainer.models["F"](batch.real)
+            batch.real = pair(z_real, batch.real)
+            batch.fake = pair(batch.z, batch.fake)
+        else:
+            self._g_phase = (batch, batch.fake)  # G(z) before any other plugin changes what D sees
+            batch.fake = pair(batch.z, batch.fake)
+
+    @hookimpl(tryfirst=True)
+    def gancore_generator_loss(self, trainer, batch, fake, terms):
+        if self.adversarial == "logit":
+            terms["adversarial"] = -fake.logits.mean()
+        if self._g_phase is not None and self._g_phase[0] is batch:
+            x_fake = self._g_phase[1]
+        else:  # not made by our discriminator_batch: G(z) is the data half of the pair
+            x_fake = batch.fake[:, trainer.train.z_dim:]
+        self._g_phase = None
+        terms["reconstruction"] = self.weight * reconstruction_error(batch.z, trainer.models["F"](x_fake))
+
+    @hookimpl
+    def gancore_evaluate(self, trainer, step, metrics):
+        # a generator of its own: evaluation never changes the training RNG stream
+        generator = torch.Generator(trainer.device).manual_seed(trainer.train.seed * 1_000_003 + step + 7)
+        n = getattr(trainer, "eval_samples", None) or trainer.train.eval_samples or 2500
+        z = torch.randn(n, trainer.train.z_dim, device=trainer.device, generator=generator)
+        with torch.no_grad():
+            error = reconstruction_error(z, trainer.models["F"](trainer.models.G(z)))
+        metrics["reconstruction_error"] = round(float(error), 6)
+
+    @hookimpl
+    def gancore_register_commands(self, cli):
+        import click
+
+        @cli.command("encode")
+        @click.argument("run_dir", type=click.Path(file_okay=False))
+        @click.option("--data", "data", type=click.Path(dir_okay=False), required=True, help="Points to encode (.npy/.npz/.csv).")
+        @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Destination .npy file (must not exist).")
+        @click.pass_context
+        def encode_command(ctx, run_dir, data, out):
+            """Map points to noise space with the reconstructor F of a VEEGAN run."""
+            from gancore.checkpoint import atomic_write
+            from gancore.data import load_points_file
+
+            destination = Path(out)
+            if destination.suffix != ".npy":
+                raise GancoreError(f"--out {out}: the file name must end in .npy")
+            if destination.exists():
+                raise GancoreError(f"--out {out} exists already; choose a new file name")
+            points = load_points_file(Path(data)).points.numpy()
+            z = encode(run_dir, points, ctx.find_root().obj)
+            atomic_write(destination, lambda handle: np.save(handle, z))
+            click.echo(f"encoded {len(z)} points into {z.shape[1]}-D noise space: {destination}")
+
+
+def encode(run_dir: str | Path, points, catalog=None, chunk: int = 65536) -> np.ndarray:
+    """z = F(x) for every row of ``points`` with the reconstructor of the VEEGAN run at ``run_dir``.
+
+    :param run_dir: a run directory trained with ``--plugin veegan`` (its last checkpoint is used).
+    :param points: array-like of shape (n, data_dim), or (n,) for 1-D data.
+    :param catalog: the plugin catalog (default: every installed plugin).
+    :return: float32 array of shape (n, z_dim).
+    """
+    from gancore.manager import Catalog
+    from gancore.rundir import open_trainer
+
+    x = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise GancoreError(f"points to encode must be a non-empty 2-D array of real numbers; got shape {tuple(x.shape)}, dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise GancoreError("points to encode contain NaN or Inf")
+    trainer = open_trainer(Path(run_dir), catalog or Catalog.installed())
+    if NAME not in trainer.config.plugins:
+        raise GancoreError(f"run {run_dir} was not trained with --plugin {NAME}: it has no reconstructor F")
+    if x.shape[1] != trainer.dataset.dim:
+        raise GancoreError(f"points have {x.shape[1]} columns but run {run_dir} was trained on {trainer.dataset.dim}-D data")
+    reconstructor = trainer.models["F"]
+    x_tensor = torch.as_tensor(x, dtype=torch.float32)
+    with torch.no_grad():
+        z = torch.cat([reconstructor(part.to(trainer.device)).cpu() for part in x_tensor.split(chunk)])
+    return z.numpy()

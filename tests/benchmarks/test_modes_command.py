@@ -1,0 +1,101 @@
+"""`python -m benchmarks.modes` end to end on a tiny preset: outputs are well formed (not the numbers)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import modes  # noqa: E402
+
+TINY = """
+seeds = [0]
+exclude = []
+combinations = []
+
+[train]
+device = "cpu"
+steps = 30
+batch_size = 64
+z_dim = 4
+g_width = 16
+d_width = 16
+n_train = 2000
+eval_every = 0
+eval_samples = 500
+
+[ring8]
+goal_hq_percent = 97.0
+
+[plugins.instance-noise]
+std = 0.2
+"""
+
+
+def published_ring8_rows() -> int:
+    return sum(1 for row in modes.load_published() if "ring8" in row)
+
+
+def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--plugins", "vanilla,instance-noise"]
+
+    assert modes.main([*argv, "--workers", "2"]) == 0  # spawned worker processes
+
+    report = (out / "RESULTS.md").read_text()
+    assert "do not edit by hand" in report and "python -m benchmarks.modes --presets" in report
+    assert "## ring8" in report and "| remedy | modes (of 8) | HQ % | reverse KL | wall s / run | seeds |" in report
+    assert "\n| vanilla | " in report and "\n| instance-noise | " in report
+    assert report.count("| *published:* ") == published_ring8_rows() > 0
+    assert "## Notes" in report and "Goal (all 8 modes with at least 97% HQ)" in report
+    assert "instance-noise.std=0.2" in report  # the preset's plugin option reached the run
+
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["dataset"], r["remedy"], r["seed"]) for r in results] == [("ring8", "vanilla", 0), ("ring8", "instance-noise", 0)]
+    for record in results:
+        assert {"plugins", "settings", "metrics", "wall_seconds"} <= set(record)
+        assert record["settings"]["train"]["steps"] == 30 and record["wall_seconds"] > 0
+        assert record["metrics"]["n_modes"] == 8 and 0 <= record["metrics"]["hq_percent"] <= 100
+    assert results[1]["plugins"] == ["instance-noise"] and results[1]["settings"]["plugins"]["instance-noise"]["std"] == 0.2
+
+    picture = out / "samples_ring8.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "runs" / "ring8" / "vanilla").iterdir()) == ["seed0.json", "seed0.samples.npy"]
+
+    # resumable: stored runs are not redone, and the report comes back the same
+    capsys.readouterr()
+    assert modes.main([*argv, "--workers", "1"]) == 0
+    assert "2 already stored" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text()) == results
+
+    # reproducible: the same runs in this process give the numbers the workers gave
+    again = tmp_path / "again"
+    assert modes.main(["--presets", str(presets), "--out", str(again), "--plugins", "vanilla,instance-noise", "--workers", "1", "--no-timing"]) == 0
+    assert [r["metrics"] for r in json.loads((again / "results.json").read_text())] == [r["metrics"] for r in results]
+
+
+def test_remedies_that_cannot_run_are_skipped_with_a_note(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY + "\n[ring8.plugins.instance-noise]\nno_such_option = 1\n")
+    argv = ["--presets", str(presets), "--out", str(tmp_path / "out"), "--dry-run", "--no-timing"]
+    assert modes.main([*argv, "--plugins", "vanilla,instance-noise,not-a-plugin,instance-noise+not-a-plugin"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 to run" in printed  # vanilla only
+    assert "skipped: ring8 not-a-plugin: plugin not-a-plugin is not installed" in printed
+    assert "skipped: ring8 instance-noise: not run: unknown option instance-noise.no_such_option" in printed
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_bad_presets_and_flags_are_one_line_errors(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text("[ring8.train]\nseed = 3\n")
+    assert modes.main(["--presets", str(presets), "--dry-run"]) == 2
+    assert "train.seed is set by the benchmark" in capsys.readouterr().err
+    presets.write_text(TINY)
+    assert modes.main(["--presets", str(presets), "--datasets", "grid25", "--dry-run"]) == 2
+    assert "'grid25' has no table" in capsys.readouterr().err

@@ -1,0 +1,206 @@
+"""minibatch_l1: Triton kernels and the chunked torch reference against a float64 naive formula,
+forward, backward and double backward (on CPU the kernels run in Triton's interpreter)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from gancore.kernels import minibatch_l1, minibatch_l1_reference
+from gancore.kernels._triton import HAS_TRITON, use_triton
+
+BACKENDS = [
+    "reference",
+    pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")),
+]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # tests/conftest.py sets the CPU interpreter
+SHAPES = [(n, b, c) for n in (2, 7, 33) for b in (1, 3, 5) for c in (1, 3, 5)]
+
+
+def naive(M, exclude_self=True):
+    """The materialized (N, N, B, C) formula, differentiated by plain autograd."""
+    k = torch.exp(-(M[:, None] - M[None]).abs().sum(-1))
+    if exclude_self:
+        k = k * (1 - torch.eye(M.shape[0], dtype=M.dtype, device=M.device))[:, :, None]
+    return k.sum(1)
+
+
+def run(fn, M, g, V):
+    """o, dM = d<g, o>/dM, and the double backward d<V, dM>/d(M, g)."""
+    M = M.detach().requires_grad_(True)
+    g = g.detach().requires_grad_(True)
+    o = fn(M)
+    (dM,) = torch.autograd.grad(o, M, g, create_graph=True)
+    ddM, ddg = torch.autograd.grad(dM, (M, g), V)
+    return o, dM, ddM, ddg
+
+
+def assert_all_close(got, want, **tol):
+    for name, a, b in zip(("o", "dM", "d2M", "d2g"), got, want):
+        torch.testing.assert_close(a.double(), b.double(), **tol, msg=lambda m: f"{name}: {m}")
+
+
+def inputs(N, B, C, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = ((N, B, C), (N, B), (N, B, C))
+    return tuple(torch.randn(s, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
+                 for s in shapes)
+
+
+def op(backend, exclude_self):
+    if backend == "reference":
+        return lambda M: minibatch_l1_reference(M, exclude_self)
+    return lambda M: minibatch_l1(M, exclude_self, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("exclude_self", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_naive_fp64(backend, exclude_self, shape):
+    M, g, V = inputs(*shape, torch.float64)
+    got = run(op(backend, exclude_self), M, g, V)
+    assert_all_close(got, run(lambda M: naive(M, exclude_self), M, g, V), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(7, 3, 5), (33, 5, 3)], ids=lambda s: "x".join(map(str, s)))
+def test_fp32_accumulation(backend, shape):
+    M, g, V = inputs(*shape, torch.float32, seed=1)
+    got = run(op(backend, True), M, g, V)
+    assert got[0].dtype == torch.float32
+    assert_all_close(got, run(naive, M.double(), g.double(), V.double()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)], ids=str)
+def test_low_precision(backend, dtype, tol):
+    # Inputs rounded to dtype, math in fp32, output rounded to dtype: compare with the exact
+    # result on the rounded inputs at about one output ulp.
+    M, g, _ = inputs(33, 3, 5, dtype, seed=2)
+    M.requires_grad_(True)
+    o = op(backend, True)(M)
+    (dM,) = torch.autograd.grad(o, M, g)
+    assert o.dtype == dM.dtype == dtype
+    M64 = M.detach().double().requires_grad_(True)
+    o64 = naive(M64)
+    (dM64,) = torch.autograd.grad(o64, M64, g.double())
+    torch.testing.assert_close(o.double(), o64, rtol=tol, atol=tol)
+    torch.testing.assert_close(dM.double(), dM64, rtol=tol, atol=tol * dM64.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_exact_ties(backend, exclude_self):
+    # Small integers: many equal coordinates across samples, plus two identical samples.
+    gen = torch.Generator().manual_seed(3)
+    M = torch.randint(-2, 3, (9, 3, 5), generator=gen).double()
+    M[4] = M[1]
+    _, g, V = inputs(9, 3, 5, torch.float64, seed=3)
+    M = M.to(DEVICE)
+    got = run(op(backend, exclude_self), M, g, V)
+    assert_all_close(got, run(lambda M: naive(M, exclude_self), M, g, V), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_gradcheck_and_gradgradcheck(backend, exclude_self):
+    M, _, _ = inputs(5, 2, 3, torch.float64, seed=4)
+    M.requires_grad_(True)
+    fn = op(backend, exclude_self)
+    assert torch.autograd.gradcheck(fn, (M,))
+    assert torch.autograd.gradgradcheck(fn, (M,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_transforms(backend):
+    # torch.func.grad, first order and nested (a functional unroll would use these).
+    M, _, V = inputs(6, 2, 3, torch.float64, seed=8)
+    f = lambda fn: lambda M: (fn(M) ** 2).sum()
+    ours, want = f(op(backend, True)), f(naive)
+    torch.testing.assert_close(torch.func.grad(ours)(M), torch.func.grad(want)(M))
+    hvp = lambda f: torch.func.grad(lambda M: (torch.func.grad(f)(M) * V).sum())
+    torch.testing.assert_close(hvp(ours)(M), hvp(want)(M))
+
+
+def test_third_order_is_refused():
+    M, _, _ = inputs(5, 2, 3, torch.float64)
+    M.requires_grad_(True)
+    (dM,) = torch.autograd.grad(minibatch_l1(M).sum(), M, create_graph=True)
+    (d2M,) = torch.autograd.grad((dM**2).sum(), M, create_graph=True)
+    with pytest.raises(RuntimeError, match="third-order"):
+        d2M.sum().backward()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 64])
+def test_reference_chunks_agree(chunk):
+    M, g, V = inputs(11, 2, 3, torch.float64, seed=5)
+    got = run(lambda M: minibatch_l1_reference(M, chunk=chunk), M, g, V)
+    assert_all_close(got, run(naive, M, g, V), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_including_self_adds_one(backend):
+    M, _, _ = inputs(6, 2, 3, torch.float32, seed=6)
+    torch.testing.assert_close(op(backend, False)(M), op(backend, True)(M) + 1)
+
+
+def test_backend_dispatch():
+    M, _, _ = inputs(6, 2, 3, torch.float32, seed=7)
+    want = minibatch_l1_reference(M)
+    torch.testing.assert_close(minibatch_l1(M, backend="torch"), want, rtol=0, atol=0)
+    # "auto": the Triton kernels on CUDA, this very reference elsewhere.
+    exact = {} if DEVICE == "cuda" else dict(rtol=0, atol=0)
+    torch.testing.assert_close(minibatch_l1(M), want, **exact)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"shape \(N, B, C\)"):
+        minibatch_l1(torch.zeros(4, 3))
+    with pytest.raises(TypeError, match="floating-point"):
+        minibatch_l1(torch.zeros(4, 3, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="N >= 2"):
+        minibatch_l1(torch.zeros(1, 3, 2))
+    assert minibatch_l1(torch.zeros(1, 3, 2), exclude_self=False).tolist() == [[1.0] * 3]
+    with pytest.raises(ValueError, match="backend"):
+        minibatch_l1(torch.zeros(4, 3, 2), backend="cuda")
+    with pytest.raises(ValueError, match="positive"):
+        minibatch_l1_reference(torch.zeros(4, 3, 2), chunk=0)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        minibatch_l1([[[0.0]]])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_forced_triton_on_cpu_needs_interpreter():
+    compiled_kernel = object()  # anything that is not an interpreted kernel
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        use_triton("triton", compiled_kernel, torch.zeros(2, 1, 1))
+    assert not use_triton("auto", compiled_kernel, torch.zeros(2, 1, 1))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_reference_memory_is_bounded():
+    # N=1024, B=100, C=5: the naive (N, N, B, C) difference alone is 2 GiB in fp32. The peak RSS
+    # of a fresh process (high-water mark reset first: ru_maxrss is inherited from this one)
+    # shows the reference's forward + backward stays far below.
+    script = textwrap.dedent(
+        """
+        import torch
+        from gancore.kernels import minibatch_l1_reference
+
+        def status_mib(field):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith(field)) / 1024
+
+        M = torch.randn(1024, 100, 5, requires_grad=True)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = status_mib("VmRSS")
+        minibatch_l1_reference(M).sum().backward()
+        print(status_mib("VmHWM") - before)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    peak_mib = float(out.stdout.split()[-1])
+    assert peak_mib < 256, f"reference used {peak_mib:.0f} MiB over baseline"

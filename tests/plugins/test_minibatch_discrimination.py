@@ -1,0 +1,126 @@
+import pytest
+import torch
+from torch import nn
+
+from gancore import hookimpl
+from gancore.plugins.minibatch_discrimination import MinibatchFeatures
+
+
+def naive_loops(M: torch.Tensor, exclude_self: bool) -> torch.Tensor:
+    """o_b(i) = Σ_j exp(−Σ_c |M_ibc − M_jbc|), written out term by term in float64."""
+    N, B, C = M.shape
+    o = torch.zeros(N, B, dtype=torch.float64)
+    for i in range(N):
+        for j in range(N):
+            if exclude_self and i == j:
+                continue
+            for b in range(B):
+                o[i, b] += torch.exp(-sum(abs(M[i, b, c].double() - M[j, b, c].double()) for c in range(C)))
+    return o
+
+
+def naive_broadcast(M: torch.Tensor, exclude_self: bool) -> torch.Tensor:
+    """The same as an explicit (N, N, B, C) tensor, float64."""
+    M = M.double()
+    K = (M[:, None] - M[None, :]).abs().sum(-1).neg().exp()
+    if exclude_self:
+        K = K * (1 - torch.eye(len(M), dtype=K.dtype))[:, :, None]
+    return K.sum(1)
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_layer_output_is_the_paper_formula_in_float64(exclude_self):
+    torch.manual_seed(0)
+    layer = MinibatchFeatures(in_features=3, kernels=4, kernel_dim=2, exclude_self=exclude_self).double()
+    f = torch.randn(6, 3, dtype=torch.float64)
+    out = layer(f)
+    M = (f @ layer.T).reshape(6, 4, 2)
+    assert out.shape == (6, 3 + 4)
+    assert torch.equal(out[:, :3], f)
+    torch.testing.assert_close(out[:, 3:], naive_loops(M, exclude_self), rtol=1e-12, atol=1e-12)
+    # a one-sample batch has no other sample: Σ over j ≠ i is empty
+    assert torch.equal(layer(f[:1])[:, 3:], torch.zeros(1, 4, dtype=torch.float64) + (0 if exclude_self else 1))
+
+
+def test_heads_input_grows_by_b_and_d_starts_as_the_plain_d(make_trainer):
+    plain = make_trainer([]).models.D
+    trainer = make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"kernels": 7, "kernel_dim": 3}})
+    D = trainer.models.D
+    layer, head = D.head
+    assert isinstance(layer, MinibatchFeatures) and isinstance(head, nn.Linear)
+    assert plain.head.in_features == 16 and head.in_features == 16 + 7 and head.out_features == 1
+    assert layer.T.shape == (16, 7 * 3)
+    # the T parameter and the wider head are trained by D's optimizer
+    trained = {id(p) for group in trainer.optimizers["D"].param_groups for p in group["params"]}
+    assert id(layer.T) in trained and id(head.weight) in trained
+    # zero weights on o and the old head's weights on f: at initialization the logits are the plain D's
+    x = trainer.real_batch(32)
+    torch.testing.assert_close(D(x).logits, plain(x).logits)
+    assert torch.equal(D(x).features, plain(x).features)
+
+
+def test_whole_d_matches_a_float64_recomputation(make_trainer):
+    trainer = make_trainer(["minibatch-discrimination"], train={"batch_size": 24})
+    for _ in range(3):  # move off the initialization (zero weights on o)
+        trainer.train_step()
+    D = trainer.models.D
+    layer, head = D.head
+    x = trainer.real_batch()
+    f = D.body(x).double()
+    o = naive_broadcast((f @ layer.T.double()).reshape(24, 16, 5), exclude_self=True)
+    expected = torch.cat([f, o], 1) @ head.weight.double().t() + head.bias.double()
+    assert head.weight[0, 16:].abs().sum() > 0  # o really contributes
+    torch.testing.assert_close(D(x).logits.double(), expected.squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+class Calls:
+    """Records what D is shown in each D update and every call of the minibatch layer."""
+
+    def __init__(self):
+        self.batches, self.calls = [], []
+
+    @hookimpl
+    def gancore_build_models(self, models):
+        layer = models.D.head[0]
+        layer.register_forward_hook(lambda module, inputs, output: self.calls.append((inputs[0].detach(), output.detach(), module.T.detach().clone())))
+
+    @hookimpl(trylast=True)
+    def gancore_discriminator_batch(self, trainer, batch):
+        if batch.phase == "D":
+            with torch.no_grad():
+                self.batches.append((trainer.models.D.body(batch.real), trainer.models.D.body(batch.fake)))
+
+
+def test_real_and_fake_are_separate_minibatches(make_trainer):
+    trainer = make_trainer(["minibatch-discrimination", "calls"], extra={"calls": Calls}, train={"batch_size": 16, "n_critic": 2})
+    calls = trainer.run.manager.get_plugin("calls")
+    trainer.train_step()
+    trainer.train_step()
+    # per step: (real, fake) for each of 2 D updates, then G's fake
+    assert len(calls.calls) == 2 * (2 * 2 + 1)
+    d_calls = [c for k, c in enumerate(calls.calls) if k % 5 != 4]
+    for (real_f, fake_f), (call_real, call_fake) in zip(calls.batches, zip(d_calls[0::2], d_calls[1::2])):
+        assert torch.equal(call_real[0], real_f) and torch.equal(call_fake[0], fake_f)
+    for f, out, T in calls.calls:
+        assert len(f) == 16  # one batch per call, never real and fake together
+        expected = naive_broadcast((f @ T).reshape(16, 16, 5), exclude_self=True)
+        torch.testing.assert_close(out[:, 16:].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_spectral_normed_head_stays_spectral_normed():
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    from gancore.models import Discriminator
+    from gancore.plugins.minibatch_discrimination import MinibatchDiscrimination
+    from gancore.trainer import Models
+
+    torch.manual_seed(0)
+    D = Discriminator(nn.Sequential(nn.Linear(2, 8), nn.ReLU()), spectral_norm(nn.Linear(8, 1)))
+    original = D.head.parametrizations.weight.original.detach().clone()
+    MinibatchDiscrimination().gancore_build_models(models=Models(nn.Linear(1, 1), D))
+    layer, head = D.head
+    assert isinstance(layer, MinibatchFeatures) and parametrize.is_parametrized(head, "weight")
+    assert torch.equal(head.parametrizations.weight.original[:, :8], original)
+    assert torch.equal(head.parametrizations.weight.original[:, 8:], torch.zeros(1, 16))
+    assert D(torch.randn(5, 2)).logits.shape == (5,)
