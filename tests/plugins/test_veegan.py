@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn.functional import softplus
 
+from cli_helpers import run_cli
 from gancore import GancoreError, hookimpl
-from gancore.cli.main import main
 from gancore.manager import Catalog
 from gancore.plugins.veegan import encode
 from gancore.rundir import open_trainer
@@ -126,17 +126,6 @@ def test_short_run_reports_a_falling_reconstruction_error(make_trainer):
     assert after == pytest.approx(independent, rel=0.1)
     assert before > 3.0  # an untrained F(G(z)) is near constant: about E‖z‖² = z_dim = 4
     assert after < 0.8 * before
-
-
-def run_cli(capsys, *argv):
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_encode_maps_points_through_the_saved_reconstructor(capsys, tmp_path):
