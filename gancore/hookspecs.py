@@ -202,6 +202,8 @@ def gancore_discriminator_batch(trainer: Trainer, batch: Batch) -> None:
     Called in the D phase (``batch.phase == "D"``, ``batch.fake`` carries no gradient) and the
     G phase (``batch.phase == "G"``, ``batch.real`` is None, ``batch.fake`` carries G's
     gradient and must keep carrying it). ``batch.z`` is the noise that made ``batch.fake``.
+    A plugin that needs real data in G's step (feature matching, unrolled) draws it with
+    ``trainer.real_batch()``, which this hook has not transformed.
     """
 
 
