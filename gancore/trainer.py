@@ -100,14 +100,14 @@ class Trainer:
         self.hook = run.hook
         self.output = output
         self.progress = progress
-        self.device = resolve_device(self.train.device)
-        self.loss = LOSSES[self.train.loss]
-        if self.device.type == "cpu" and self.train.cpu_threads:
-            torch.set_num_threads(self.train.cpu_threads)
-        torch.manual_seed(self.train.seed)  # network initialization
         train = self.train
+        self.device = resolve_device(train.device)
+        self.loss = LOSSES[train.loss]
+        if self.device.type == "cpu" and train.cpu_threads:
+            torch.set_num_threads(train.cpu_threads)
+        torch.manual_seed(train.seed)  # network initialization
         self.dataset = (dataset or load_dataset(train.dataset, train.data, train.n_train, train.seed, train.image_size)).to(self.device)
-        self.generator = torch.Generator(self.device).manual_seed(self.train.seed)
+        self.generator = torch.Generator(self.device).manual_seed(train.seed)
         self.data_weights: torch.Tensor | None = None
         self.step = 0
         self.history: list[dict] = []
@@ -115,7 +115,7 @@ class Trainer:
         self.stop_requested: str | None = None  # set by a signal handler; honoured between steps
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
         self.rollbacks = 0
-        self.models = Models(self.new_generator(), build_discriminator(train, self.dataset.shape))
+        self.models = Models(build_generator(train, self.dataset.shape), build_discriminator(train, self.dataset.shape))
         self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
         for module in self.models.modules.values():
             module.to(self.device)
@@ -123,10 +123,6 @@ class Trainer:
         self._last_good = copy.deepcopy(self.state_dict())
 
     # --- building blocks plugins use -----------------------------------------------------------
-
-    def new_generator(self) -> nn.Module:
-        """A freshly initialized generator of the configured architecture."""
-        return build_generator(self.train, self.dataset.shape)
 
     def _new_optimizer(self, player: str) -> torch.optim.Optimizer:
         lr, betas = (self.train.lr_g, self.train.betas_g) if player == "G" else (self.train.lr_d, self.train.betas_d)
