@@ -3,12 +3,15 @@
     python -m benchmarks.modes              # the full table -> benchmarks/RESULTS.md, results.json, samples_*.png
     python -m benchmarks.modes --quick      # ring8, one seed, few steps -> benchmarks/quick/
     python -m benchmarks.modes --dry-run    # the plan and its estimated time; runs nothing
+    python -m benchmarks.modes --datasets stacked-digits   # the 1000-mode stacked digits (not in the full table)
 
 Runs vanilla, every built-in remedy (installed plugins of the package gancore, found through
 the catalog) and the preset's combinations on each dataset and seed of ``presets.toml``, each
-run a core :class:`~gancore.trainer.Trainer` scored with the VEEGAN protocol, in parallel
-worker processes. Every finished run is stored under ``OUT/runs/`` and never redone while its
-settings stay the same; the report is regenerated from every stored run. See README.md here.
+run a core :class:`~gancore.trainer.Trainer` scored with its dataset's protocol (VEEGAN's for
+the mixtures; the digit classifier's for stacked-digits, run only with ``--datasets
+stacked-digits``), in parallel worker processes. Every finished run is stored under
+``OUT/runs/`` and never redone while its settings stay the same; the report is regenerated
+from every stored run. See README.md here.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from tqdm import tqdm
 from gancore import __version__
 from gancore.checkpoint import atomic_write
 from gancore.config import CORE
-from gancore.data import BUILTIN, Dataset, load_dataset
+from gancore.data import DATASET_NAMES, Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.manager import ENTRY_POINT_GROUP, Catalog
 from gancore.metrics import nearest_modes
@@ -55,6 +58,7 @@ COMMAND = "python -m benchmarks.modes"
 VANILLA = "vanilla"
 BUILTIN_PACKAGE = "gancore"
 PICTURE_SEED = 0
+PICTURE_IMAGES = 64  # samples kept per run of an image dataset, for its panel of samples_<dataset>.png
 WORKER_START_SECONDS = 3.0  # spawn + import torch, once per worker (for the estimate)
 
 
@@ -74,6 +78,36 @@ class DatasetPreset:
     plugins: dict[str, dict[str, Any]]
     combinations: list[tuple[str, ...]]
     goal_hq_percent: float | None = None
+    goal_modes: int | None = None  # at least this many modes (unset: all of them, when another goal is set)
+    goal_kl: float | None = None  # reverse KL at most this
+    seeds: list[int] | None = None  # this dataset's own seeds (unset: the top-level `seeds`)
+
+    @property
+    def goal(self) -> "Goal | None":
+        if self.goal_hq_percent is None and self.goal_modes is None and self.goal_kl is None:
+            return None
+        return Goal(self.goal_modes, self.goal_hq_percent, self.goal_kl)
+
+
+@dataclass
+class Goal:
+    """What the best remedy of a dataset should reach; the notes of RESULTS.md check it."""
+
+    modes: int | None = None  # None: all of the dataset's modes
+    hq_percent: float | None = None
+    kl: float | None = None
+
+    def target(self, n_modes: int) -> str:
+        text = f"all {n_modes} modes" if self.modes is None or self.modes >= n_modes else f"at least {self.modes} of {n_modes} modes"
+        conditions = ([] if self.hq_percent is None else [f"at least {self.hq_percent:g}% HQ"]) + ([] if self.kl is None else [f"reverse KL ≤ {self.kl:g}"])
+        return text + (f" with {' and '.join(conditions)}" if conditions else "")
+
+    def met(self, n_modes: int, modes: float, hq: float | None, kl: float | None) -> bool:
+        if modes < min(n_modes, self.modes if self.modes is not None else n_modes):
+            return False
+        if self.hq_percent is not None and (hq is None or not hq >= self.hq_percent):
+            return False
+        return self.kl is None or (kl is not None and kl <= self.kl)
 
 
 @dataclass
@@ -81,11 +115,15 @@ class Presets:
     path: Path
     seeds: list[int]
     exclude: list[str]
-    datasets: dict[str, DatasetPreset]
+    datasets: dict[str, DatasetPreset]  # every dataset table, in file order
+    default: list[str] = field(default_factory=list)  # what a run without --datasets runs
+
+    def seeds_of(self, preset: DatasetPreset) -> list[int]:
+        return preset.seeds if preset.seeds is not None else self.seeds
 
 
-_TOP_KEYS = {"seeds", "exclude", "combinations", "train", "plugins", "quick"}
-_DATASET_KEYS = {"train", "plugins", "combinations", "goal_hq_percent"}
+_TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "train", "plugins", "quick"}
+_DATASET_KEYS = {"train", "plugins", "combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl"}
 _QUICK_KEYS = {"datasets", "seeds", "train", "plugins"}
 _SET_BY_BENCHMARK = {"dataset", "data", "seed"}
 
@@ -112,25 +150,36 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
     for name, table in data.items():
         if name in _TOP_KEYS:
             continue
-        if name not in BUILTIN:
-            raise BenchmarkError(f"{where}: [{name}] is not a built-in dataset ({', '.join(BUILTIN)}) nor one of {', '.join(sorted(_TOP_KEYS))}")
+        if name not in DATASET_NAMES:
+            raise BenchmarkError(f"{where}: [{name}] is not a built-in dataset ({', '.join(DATASET_NAMES)}) nor one of {', '.join(sorted(_TOP_KEYS))}")
         table = _table(table, f"{where}: [{name}]")
         unknown = sorted(set(table) - _DATASET_KEYS)
         if unknown:
             raise BenchmarkError(f"{where}: unknown key {name}.{unknown[0]} (use {', '.join(sorted(_DATASET_KEYS))})")
-        goal = table.get("goal_hq_percent")
-        if goal is not None and (isinstance(goal, bool) or not isinstance(goal, (int, float))):
-            raise BenchmarkError(f"{where}: {name}.goal_hq_percent must be a number")
+        for key in ("goal_hq_percent", "goal_kl"):
+            goal = table.get(key)
+            if goal is not None and (isinstance(goal, bool) or not isinstance(goal, (int, float)) or goal < 0):
+                raise BenchmarkError(f"{where}: {name}.{key} must be a number >= 0")
+        goal_modes = table.get("goal_modes")
+        if goal_modes is not None and (isinstance(goal_modes, bool) or not isinstance(goal_modes, int) or goal_modes < 1):
+            raise BenchmarkError(f"{where}: {name}.goal_modes must be an integer >= 1")
         plugins = _merge_plugins(shared_plugins, _plugin_tables(table.get("plugins", {}), f"{where}: [{name}.plugins]"))
         datasets[name] = DatasetPreset(
             name=name,
             train={**shared_train, **_train_table(table.get("train", {}), f"{where}: [{name}.train]")},
             plugins=plugins,
             combinations=_combinations(table["combinations"], f"{where}: {name}.combinations") if "combinations" in table else default_combinations,
-            goal_hq_percent=None if goal is None else float(goal),
+            goal_hq_percent=None if table.get("goal_hq_percent") is None else float(table["goal_hq_percent"]),
+            goal_modes=goal_modes,
+            goal_kl=None if table.get("goal_kl") is None else float(table["goal_kl"]),
+            seeds=_int_list(table["seeds"], f"{where}: {name}.seeds") if "seeds" in table else None,
         )
     if not datasets:
         raise BenchmarkError(f"{where}: no dataset table (e.g. [ring8])")
+    default = _str_list(data["datasets"], f"{where}: datasets") if "datasets" in data else list(datasets)
+    for name in default:
+        if name not in datasets:
+            raise BenchmarkError(f"{where}: datasets names {name!r}, which has no [{name}] table")
     if quick:
         quick_train = _train_table(quick_table.get("train", {}), f"{where}: [quick.train]")
         quick_plugins = _plugin_tables(quick_table.get("plugins", {}), f"{where}: [quick.plugins]")
@@ -139,11 +188,13 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
             if name not in datasets:
                 raise BenchmarkError(f"{where}: quick.datasets names {name!r}, which has no [{name}] table")
         datasets = {name: datasets[name] for name in names}
+        seeds = _int_list(quick_table.get("seeds", seeds[:1]), f"{where}: quick.seeds")
         for preset in datasets.values():
             preset.train.update(quick_train)
             preset.plugins = _merge_plugins(preset.plugins, quick_plugins)
-        seeds = _int_list(quick_table.get("seeds", seeds[:1]), f"{where}: quick.seeds")
-    return Presets(Path(path), seeds, exclude, datasets)
+            preset.seeds = None  # --quick runs its own seeds on every dataset
+        default = names
+    return Presets(Path(path), seeds, exclude, datasets, default)
 
 
 def _table(value: Any, where: str) -> dict:
@@ -231,6 +282,7 @@ class Plan:
     tasks: list[Task]  # every run of the plan, stored or not
     remedies: dict[str, list[tuple[str, ...]]]  # per dataset, in display order
     skipped: list[str] = field(default_factory=list)  # one note per remedy not run
+    not_default: list[str] = field(default_factory=list)  # dataset tables left out: not in the presets' `datasets`
 
 
 def run_values(preset: DatasetPreset, plugins: tuple[str, ...], seed: int) -> dict[str, dict[str, Any]]:
@@ -265,7 +317,9 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
     plan = Plan([], {})
     for name, error in broken_builtins(catalog).items():
         plan.skipped.append(f"built-in plugin {name} failed to import and was not run ({error})")
-    for preset in (presets.datasets[name] for name in (datasets or presets.datasets)):
+    if not datasets:
+        plan.not_default = [name for name in presets.datasets if name not in presets.default]
+    for preset in (presets.datasets[name] for name in (datasets or presets.default)):
         chosen = requested if requested is not None else discover_remedies(catalog, preset, presets.exclude)
         runnable = []
         for plugins in chosen:
@@ -276,7 +330,7 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
             runnable.append(plugins)
         plan.remedies[preset.name] = runnable
         for plugins in runnable:
-            for seed in seeds or presets.seeds:
+            for seed in seeds or presets.seeds_of(preset):
                 path = out / "runs" / preset.name / remedy_name(plugins) / f"seed{seed}.json"
                 plan.tasks.append(Task(preset.name, remedy_name(plugins), plugins, seed, run_values(preset, plugins, seed), path))
     return plan
@@ -410,9 +464,11 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
             # the samples the final evaluation scored (Trainer.evaluate seeds its generator this way)
             generator = torch.Generator(trainer.device).manual_seed(trainer.train.seed * 1_000_003 + trainer.step)
             samples = trainer.sample(trainer.eval_samples, generator)
-        samples = samples.reshape(len(samples), -1)
-        samples = samples[torch.isfinite(samples).all(dim=1)]
-        view = picture_view(samples, trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
+        samples = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
+        if samples.dim() == 4:  # images: the first samples, as images, for a grid
+            view = samples[:PICTURE_IMAGES].detach().float().cpu().numpy()
+        else:
+            view = picture_view(samples.reshape(len(samples), -1), trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
         atomic_write(task.samples, lambda handle: np.save(handle, view))
         record = {**base, "status": "ok", "settings": run.config.to_toml_dict(), "metrics": summary,
                   "history": trainer.history, "wall_seconds": round(wall, 3)}
@@ -433,16 +489,18 @@ def probe_seconds(catalog: Catalog, task: Task, datasets: dict, budget: float = 
     """Estimated wall seconds of ``task``'s run from a few timed steps; and whether a plugin runs its own fit loop."""
     from gancore.trainer import Trainer
 
-    train = task.values[CORE]
-    key = (task.dataset, train.get("n_train", 20000), task.seed)
-    if key not in datasets:
-        started = time.perf_counter()
-        datasets[key] = (load_dataset(task.dataset, "", key[1], task.seed), time.perf_counter() - started)
-    dataset, data_seconds = datasets[key]
     started = time.perf_counter()
     run = catalog.resolve(list(task.plugins), task.values)
-    trainer = Trainer(run, dataset=dataset, output=None, progress=False)
     build_seconds = time.perf_counter() - started
+    train = run.config.train
+    key = (task.dataset, train.n_train, task.seed, train.image_size)
+    if key not in datasets:
+        started = time.perf_counter()
+        datasets[key] = (load_dataset(task.dataset, "", train.n_train, task.seed, train.image_size), time.perf_counter() - started)
+    dataset, data_seconds = datasets[key]
+    started = time.perf_counter()
+    trainer = Trainer(run, dataset=dataset, output=None, progress=False)
+    build_seconds += time.perf_counter() - started
     trainer.train_step()  # warm-up
     steps, spent = 0, 0.0
     while steps < 5 and (steps < 1 or spent < budget):
@@ -526,10 +584,12 @@ def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[d
         bar.update(1)
         if record["status"] == "ok":
             metrics = record["metrics"]
+            quality = (f"HQ {metrics['hq_percent']:.1f}%" if "hq_percent" in metrics
+                       else f"KL {metrics['reverse_kl']:.3f}" if metrics.get("reverse_kl") is not None else "KL n/a")
             bar.set_postfix_str(
                 f"last: {record['dataset']} {record['remedy']} s{record['seed']} "
                 f"{metrics.get('modes_captured', '?')}/{metrics.get('n_modes', '?')} modes "
-                f"HQ {metrics.get('hq_percent', float('nan')):.1f}% {record['wall_seconds']:.0f}s"
+                f"{quality} {record['wall_seconds']:.0f}s"
             )
         else:
             bar.write(f"failed: {record['dataset']} {record['remedy']} seed {record['seed']}: {record['error']}")
@@ -561,6 +621,8 @@ def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[d
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    if not values:
+        return math.nan, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
@@ -592,6 +654,11 @@ class Row:
         return _mean_std(self.values("hq_percent"))
 
     @property
+    def kl(self) -> tuple[float, float | None]:
+        """Mean and std of reverse KL over the seeds that have one (NaN when none has)."""
+        return _mean_std(self.values("reverse_kl"))
+
+    @property
     def wall(self) -> float:
         return statistics.fmean(record["wall_seconds"] for record in self.records)
 
@@ -600,12 +667,23 @@ def _pm(mean: float, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
-def _kl_cell(row: Row) -> str:
+def _kl_cell(row: Row, with_std: bool = False) -> str:
     kls = row.values("reverse_kl")
     if not kls:
         return "n/a"
-    text = f"{statistics.fmean(kls):.3f}"
+    text = _pm(*row.kl, 3) if with_std else f"{statistics.fmean(kls):.3f}"
     return text if len(kls) == len(row.records) else f"{text} ({len(kls)} of {len(row.records)}†)"
+
+
+def has_hq(rows: list[Row]) -> bool:
+    """Whether the dataset's protocol scores high quality (the mixtures); if not, modes and KL are its metrics (stacked-digits)."""
+    return any("hq_percent" in record["metrics"] for row in rows for record in row.records)
+
+
+def _kl_key(row: Row) -> float:
+    """Reverse KL for ranking: lower is better, none is worst."""
+    kl = row.kl[0]
+    return math.inf if math.isnan(kl) else kl
 
 
 def _order(remedy: str) -> tuple:
@@ -617,6 +695,38 @@ def load_published(path: Path = PUBLISHED) -> list[dict]:
         return tomllib.loads(path.read_text()).get("row", [])
     except (OSError, tomllib.TOMLDecodeError):
         return []
+
+
+PUBLISHED_VALUES = ("modes", "hq_percent", "reverse_kl")
+DEFAULT_PUBLISHED_VALUES = ["modes", "hq_percent"]
+
+
+def load_published_datasets(path: Path = PUBLISHED) -> dict[str, dict]:
+    """published.toml's optional ``[datasets.NAME]`` tables: ``values`` (what a row's numbers for NAME
+    are, default ``["modes", "hq_percent"]``), ``label`` (shown in each published row of NAME) and
+    ``note`` (printed under NAME's table)."""
+    try:
+        tables = tomllib.loads(path.read_text()).get("datasets", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    formats = {}
+    for name, table in (tables.items() if isinstance(tables, dict) else ()):
+        if not isinstance(table, dict):
+            continue
+        values = table.get("values", DEFAULT_PUBLISHED_VALUES)
+        if not isinstance(values, list) or not values or not all(value in PUBLISHED_VALUES for value in values):
+            values = DEFAULT_PUBLISHED_VALUES
+        formats[name] = {"values": list(values), "label": str(table.get("label", "")), "note": str(table.get("note", ""))}
+    return formats
+
+
+def published_values(paper: dict, dataset: str, formats: dict[str, dict]) -> dict[str, float] | None:
+    """A published row's numbers for ``dataset`` by name (modes, hq_percent, reverse_kl), or None if it has none."""
+    numbers = paper.get(dataset)
+    if not isinstance(numbers, list):
+        return None
+    names = formats.get(dataset, {}).get("values", DEFAULT_PUBLISHED_VALUES)
+    return dict(zip(names, numbers))
 
 
 def _settings_lines(rows: list[Row]) -> tuple[str, list[str]]:
@@ -655,6 +765,19 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _protocol_without_hq(dataset: str, rows: list[Row]) -> str:
+    """The protocol of a dataset scored by a classifier (gancore.images.digit_mode_coverage), not by distance to modes."""
+    n_modes = rows[0].n_modes
+    samples = sorted({record["metrics"].get("n_samples") for row in rows for record in row.records} - {None})
+    drawn = "/".join(f"{n:,}" for n in samples) or "the protocol's number of"
+    return (f"Protocol (`gancore.images.digit_mode_coverage`): each run draws {drawn} samples of its final generator; every "
+            f"channel of a sample is classified by gancore's digit classifier (a small CNN trained once on the training split "
+            f"of scikit-learn's digits and cached), and a sample's mode is the tuple of its channels' classes ({n_modes} modes). "
+            f"A mode is captured if at least one sample falls in it. Reverse KL: KL(histogram of samples over modes ‖ uniform), "
+            f"nats (0 is perfect). There is no high-quality (HQ) measure: the HQ column is \"—\". "
+            f"Our rows: mean ± std over seeds (std with n − 1), reverse KL included.")
+
+
 def build_rows(records: list[dict]) -> dict[str, list[Row]]:
     by_dataset: dict[str, dict[str, Row]] = {}
     for record in records:
@@ -667,16 +790,17 @@ def build_rows(records: list[dict]) -> dict[str, list[Row]]:
 
 def dataset_order(names: Iterable[str], presets: Presets | None) -> list[str]:
     preferred = list(presets.datasets) if presets else []
-    preferred += [name for name in BUILTIN if name not in preferred]
+    preferred += [name for name in DATASET_NAMES if name not in preferred]
     return sorted(names, key=lambda name: (preferred.index(name) if name in preferred else len(preferred), name))
 
 
-def write_report(out: Path, presets: Presets, goals: dict[str, float], argv: list[str], notes: list[str]) -> Path:
+def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], argv: list[str], notes: list[str]) -> Path:
     """Regenerate RESULTS.md, results.json and samples_<dataset>.png in ``out`` from every stored run."""
     records = stored_records(out)
     rows_by_dataset = build_rows(records)
     datasets = dataset_order(rows_by_dataset, presets)
     published = load_published()
+    formats = load_published_datasets()
     failed = [r for r in records if r.get("status") == "failed"]
     invocations = _read_invocations(out)
     command = " ".join([COMMAND, *map(shlex.quote, argv)])
@@ -703,19 +827,32 @@ def write_report(out: Path, presets: Presets, goals: dict[str, float], argv: lis
         rows = rows_by_dataset[dataset]
         n_modes = rows[0].n_modes
         shared, remedy_settings = _settings_lines(rows)
-        lines += [f"## {dataset}", "", f"Settings shared by every remedy: {shared or 'core defaults'}.", ""]
+        hq_metric = has_hq(rows)
+        lines += [f"## {dataset}", ""]
+        if not hq_metric:
+            lines += [_protocol_without_hq(dataset, rows), ""]
+        lines += [f"Settings shared by every remedy: {shared or 'core defaults'}.", ""]
         lines += [f"| remedy | modes (of {n_modes}) | HQ % | reverse KL | wall s / run | seeds |", "|---|---|---|---|---|---|"]
         for row in rows:
             modes, hq = row.modes, row.hq
             diverged = sum(1 for record in row.records if record.get("diverged"))
             name = row.remedy + (f" ({diverged} diverged‡)" if diverged else "")
-            lines.append(f"| {name} | {_pm(*modes, 1)} | {_pm(*hq, 1)} | {_kl_cell(row)} | {row.wall:.1f} | {len(row.records)} |")
+            hq_cell = _pm(*hq, 1) if hq_metric else "—"
+            lines.append(f"| {name} | {_pm(*modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=not hq_metric)} | {row.wall:.1f} | {len(row.records)} |")
+        note, label = formats.get(dataset, {}).get("note", ""), formats.get(dataset, {}).get("label", "")
+        label = f"*published ({label}):*" if label else "*published:*"
+        any_published = False
         for paper in published:
-            if dataset in paper:
-                paper_modes, paper_hq = paper[dataset]
-                lines.append(f"| *published:* {paper['method']} ({paper['source']}) | {paper_modes:g} | {paper_hq:g} | — | — | {paper.get('runs', '—')} |")
+            numbers = published_values(paper, dataset, formats)
+            if numbers is not None:
+                any_published = True
+                cells = [f"{numbers[key]:g}" if key in numbers else "—" for key in PUBLISHED_VALUES]
+                lines.append(f"| {label} {paper['method']} ({paper['source']}) | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
         if any(len(row.values("reverse_kl")) < len(row.records) for row in rows):
-            lines += ["", "† reverse KL averaged over the seeds with at least one HQ sample."]
+            lines += ["", "† reverse KL averaged over the seeds with at least one HQ sample." if hq_metric
+                      else "† reverse KL averaged over the seeds with at least one finite sample."]
+        if note and any_published:
+            lines += ["", f"*Published* rows: {note}"]
         if any(record.get("diverged") for row in rows for record in row.records):
             lines += ["", "‡ seeds whose loss became NaN/Inf (the core stops them, `train.on_nonfinite = \"stop\"`); "
                       "they count with the metrics of their generator where training stopped."]
@@ -728,7 +865,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, float], argv: lis
 
     lines += ["## Notes", "", "Generated from the numbers above.", ""]
     for dataset in datasets:
-        lines += [f"### {dataset}", "", *_dataset_notes(dataset, rows_by_dataset[dataset], goals.get(dataset), published), ""]
+        lines += [f"### {dataset}", "", *_dataset_notes(dataset, rows_by_dataset[dataset], goals.get(dataset), published, formats), ""]
     lines += ["### Runs and time", ""]
     ok = [r for r in records if r.get("status") == "ok"]
     total = sum(r["wall_seconds"] for r in ok)
@@ -759,7 +896,11 @@ def write_report(out: Path, presets: Presets, goals: dict[str, float], argv: lis
     return out / "RESULTS.md"
 
 
-def _dataset_notes(dataset: str, rows: list[Row], goal: float | None, published: list[dict]) -> list[str]:
+def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, published: list[dict], formats: dict[str, dict] | None = None) -> list[str]:
+    if isinstance(goal, (int, float)):
+        goal = Goal(hq_percent=float(goal))
+    if not has_hq(rows):
+        return _dataset_notes_kl(dataset, rows, goal, published, formats or {})
     notes = []
     n_modes = rows[0].n_modes
     vanilla = next((row for row in rows if row.remedy == VANILLA), None)
@@ -786,17 +927,21 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: float | None, published:
     best = max(rows, key=lambda row: (row.modes[0], row.hq[0]))
     (b_modes, _), (b_hq, _) = best.modes, best.hq
     if goal is not None:
-        target = f"all {n_modes} modes with at least {goal:g}% HQ"
-        meets = [row for row in rows if row.modes[0] >= n_modes and row.hq[0] >= goal]
-        per_seed = sum(1 for r in best.records if r["metrics"]["modes_captured"] >= n_modes and r["metrics"]["hq_percent"] >= goal)
+        target = goal.target(n_modes)
+        met = lambda modes, hq, kl: goal.met(n_modes, modes, hq, kl)  # noqa: E731
+        meets = [row for row in rows if met(row.modes[0], row.hq[0], None if math.isnan(row.kl[0]) else row.kl[0])]
+        per_seed = sum(1 for r in best.records if met(r["metrics"]["modes_captured"], r["metrics"].get("hq_percent"), r["metrics"].get("reverse_kl")))
         if meets:
             notes.append(f"- Goal ({target}) **met** by: {', '.join(row.remedy for row in meets)}.")
         else:
             misses = []
-            if b_modes < n_modes:
-                misses.append(f"{n_modes - b_modes:.1f} modes short")
-            if b_hq < goal:
-                misses.append(f"{goal - b_hq:.1f} HQ points short")
+            needed = n_modes if goal.modes is None else min(goal.modes, n_modes)
+            if b_modes < needed:
+                misses.append(f"{needed - b_modes:.1f} modes short")
+            if goal.hq_percent is not None and b_hq < goal.hq_percent:
+                misses.append(f"{goal.hq_percent - b_hq:.1f} HQ points short")
+            if goal.kl is not None and not _kl_key(best) <= goal.kl:
+                misses.append(f"reverse KL {_kl_key(best) - goal.kl:.3f} above" if math.isfinite(_kl_key(best)) else "no reverse KL")
             notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_hq:.1f}% HQ: "
                          f"{' and '.join(misses)}; {per_seed} of its {len(best.records)} seeds meet the goal.")
     else:
@@ -804,16 +949,86 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: float | None, published:
     comparisons = []
     for paper in published:
         row = next((row for row in rows if row.remedy == paper.get("remedy")), None)
-        if row is not None and dataset in paper:
-            modes, hq = paper[dataset]
+        numbers = published_values(paper, dataset, formats or {})
+        if row is not None and numbers is not None and "modes" in numbers and "hq_percent" in numbers:
+            modes, hq = numbers["modes"], numbers["hq_percent"]
             comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {row.hq[0]:.1f}% vs {paper['method']} {modes:g} / {hq:g}% ({paper['source']})")
     if comparisons:
         notes.append(f"- Ours vs the papers (modes / HQ): {'; '.join(comparisons)}. Settings differ from the papers' (steps, nets, batch): see above.")
     return notes
 
 
+def _kl_text(kl: float) -> str:
+    return "n/a" if math.isnan(kl) else f"{kl:.3f}"
+
+
+def _dataset_notes_kl(dataset: str, rows: list[Row], goal: Goal | None, published: list[dict], formats: dict[str, dict]) -> list[str]:
+    """The notes of a dataset without HQ (stacked-digits): remedies against vanilla by modes and reverse KL."""
+    notes = []
+    n_modes = rows[0].n_modes
+    vanilla = next((row for row in rows if row.remedy == VANILLA), None)
+    others = [row for row in rows if row.remedy != VANILLA]
+    if vanilla is None:
+        notes.append("- No vanilla run is stored: nothing to compare the remedies with.")
+    else:
+        v_modes, v_kl = vanilla.modes, vanilla.kl
+        notes.append(f"- vanilla: {v_modes[0]:.1f}/{n_modes} modes, reverse KL {_kl_text(v_kl[0])}.")
+        groups: dict[str, list[str]] = {"both": [], "modes": [], "kl": [], "neither": []}
+        for row in others:
+            (m, m_std), (k, k_std) = row.modes, row.kl
+            dm = m - v_modes[0]
+            dk = _kl_key(row) - _kl_key(vanilla) if math.isfinite(_kl_key(row)) and math.isfinite(_kl_key(vanilla)) else math.nan
+            better_kl = _kl_key(row) < _kl_key(vanilla)  # lower is better; a KL beats none
+            close = lambda diff, a, b: abs(diff) <= max(a or 0.0, b or 0.0)  # noqa: E731
+            flag = " (within one std)" if (dm > 0 and close(dm, m_std, v_modes[1])) or (better_kl and math.isfinite(dk) and close(dk, k_std, v_kl[1])) else ""
+            text = f"{row.remedy} ({dm:+.1f} modes, {'KL n/a' if math.isnan(dk) else f'{dk:+.3f} KL'}){flag}"
+            groups["both" if dm > 0 and better_kl else "modes" if dm > 0 else "kl" if better_kl else "neither"].append(text)
+        labels = {"both": "Beat vanilla on modes and KL (more modes, lower reverse KL)", "modes": "Beat vanilla on modes only",
+                  "kl": "Beat vanilla on KL only", "neither": "No better than vanilla on either"}
+        for key, label in labels.items():
+            if groups[key]:
+                notes.append(f"- {label}: {'; '.join(groups[key])}.")
+        if not others:
+            notes.append("- No remedy besides vanilla is stored.")
+    best = max(rows, key=lambda row: (row.modes[0], -_kl_key(row)))
+    b_modes, b_kl = best.modes[0], best.kl[0]
+    if goal is not None:
+        target = goal.target(n_modes)
+        met = lambda metrics: goal.met(n_modes, metrics["modes_captured"], metrics.get("hq_percent"), metrics.get("reverse_kl"))  # noqa: E731
+        meets = [row for row in rows if goal.met(n_modes, row.modes[0], None, None if math.isnan(row.kl[0]) else row.kl[0])]
+        per_seed = sum(1 for r in best.records if met(r["metrics"]))
+        if meets:
+            notes.append(f"- Goal ({target}) **met** by: {', '.join(row.remedy for row in meets)}.")
+        else:
+            misses = []
+            needed = n_modes if goal.modes is None else min(goal.modes, n_modes)
+            if b_modes < needed:
+                misses.append(f"{needed - b_modes:.1f} modes short")
+            if goal.hq_percent is not None:
+                misses.append("no HQ measure on this dataset")
+            if goal.kl is not None and not _kl_key(best) <= goal.kl:
+                misses.append(f"reverse KL {b_kl - goal.kl:.3f} above" if not math.isnan(b_kl) else "no reverse KL")
+            notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and reverse KL "
+                         f"{_kl_text(b_kl)}: {' and '.join(misses)}; {per_seed} of its {len(best.records)} seeds meet the goal.")
+    else:
+        notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and reverse KL {_kl_text(b_kl)} (no goal set for {dataset}).")
+    comparisons = []
+    for paper in published:
+        row = next((row for row in rows if row.remedy == paper.get("remedy")), None)
+        numbers = published_values(paper, dataset, formats)
+        if row is not None and numbers is not None and "modes" in numbers and "reverse_kl" in numbers:
+            comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {_kl_text(row.kl[0])} vs {paper['method']} "
+                               f"{numbers['modes']:g} / {numbers['reverse_kl']:g} ({paper['source']})")
+    if comparisons:
+        label = formats.get(dataset, {}).get("label", "")
+        notes.append(f"- Ours vs the papers (modes / reverse KL): {'; '.join(comparisons)}. Settings differ from the papers' (steps, nets, "
+                     f"batch): see above{f'; and the papers measured {label}, not this dataset' if label else ''}.")
+    return notes
+
+
 def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
-    """One panel per remedy: samples of one seed (0 if stored) over the data. False if nothing to draw."""
+    """One panel per remedy: samples of one seed (0 if stored) over the data, or for images a grid of
+    the first samples. False if nothing to draw."""
     import matplotlib.pyplot as plt
 
     from gancore.report import draw_samples
@@ -826,6 +1041,8 @@ def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
             panels.append((row, record, torch.from_numpy(np.load(samples_path, allow_pickle=False))))
     if not panels:
         return False
+    if panels[0][2].dim() == 4:
+        return _draw_image_panels(path, dataset, panels)
     columns = min(4, len(panels))
     rows_n = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows_n, columns, figsize=(3.4 * columns, 3.5 * rows_n), squeeze=False)
@@ -848,6 +1065,37 @@ def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
     steps = panels[0][1].get("settings", {}).get(CORE, {}).get("steps", "?")
     extra = "; dotted line: the HQ radius" if any(_load_cached(record, cache).dim > 2 for _, record, _ in panels) else ""
     figure.suptitle(f"{dataset}: samples of each remedy after {steps} steps (orange) over the data (blue){extra}", fontsize=11)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    return True
+
+
+def _draw_image_panels(path: Path, dataset: str, panels: list[tuple[Row, dict, torch.Tensor]]) -> bool:
+    """samples_<dataset>.png of an image dataset: per remedy a grid of its stored samples (up to PICTURE_IMAGES)."""
+    import matplotlib.pyplot as plt
+
+    from gancore.report import draw_samples
+
+    columns = min(4, len(panels))
+    rows_n = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows_n, columns, figsize=(3.4 * columns, 3.7 * rows_n), squeeze=False)
+    for index, (row, record, samples) in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        metrics = record["metrics"]
+        kl = metrics.get("reverse_kl")
+        title = f"{row.remedy} (seed {record['seed']})\n{metrics['modes_captured']}/{metrics['n_modes']} modes, KL {'n/a' if kl is None else f'{kl:.2f}'}"
+        if len(samples):
+            draw_samples(axis, samples, Dataset(dataset, samples[:1]), title, legend=False)
+        else:
+            axis.set_title(title + "\nno finite sample", fontsize=9)
+            axis.axis("off")
+    for index in range(len(panels), rows_n * columns):
+        axes[index // columns][index % columns].axis("off")
+    steps = panels[0][1].get("settings", {}).get(CORE, {}).get("steps", "?")
+    figure.suptitle(f"{dataset}: the first {PICTURE_IMAGES} samples of each remedy after {steps} steps", fontsize=11)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -972,6 +1220,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
           f"{len(plan.tasks) - len(pending)} already stored in {_relative(out / 'runs')}/, {len(pending)} to run on {workers} workers")
     for note in plan.skipped:
         print(f"  skipped: {note}")
+    for name in plan.not_default:
+        print(f"  not run by default: {name} (not in the presets' `datasets`; run it with --datasets {name})")
     torch.set_num_threads(1)
     estimate_notes = estimate(catalog, pending, stored, probe=not args.no_timing) if pending else []
     if pending:
@@ -984,7 +1234,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     if records:
         _log_invocation(out, argv, workers, len(records), elapsed)
     full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
-    goals = {name: preset.goal_hq_percent for name, preset in full.datasets.items() if preset.goal_hq_percent is not None}
+    goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
     report = write_report(out, full, goals, argv, [f"skipped: {note}" for note in plan.skipped])
     failed = sum(1 for record in records if record["status"] != "ok")
     print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {_relative(report)}, results.json and the pictures")

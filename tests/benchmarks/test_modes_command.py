@@ -35,6 +35,35 @@ std = 0.2
 """
 
 
+TINY_STACKED = """
+seeds = [0]
+datasets = ["ring8"]            # stacked-digits runs only when named
+exclude = []
+combinations = []
+
+[train]
+device = "cpu"
+steps = 4
+batch_size = 16
+z_dim = 8
+g_width = 8
+d_width = 8
+n_train = 200
+eval_every = 0
+eval_samples = 300
+
+[ring8]
+
+[stacked-digits]
+seeds = [0, 1]
+goal_modes = 1000
+goal_kl = 0.05
+
+[stacked-digits.train]
+image_size = 8
+"""
+
+
 def published_ring8_rows() -> int:
     return sum(1 for row in modes.load_published() if "ring8" in row)
 
@@ -79,6 +108,62 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     assert [r["metrics"] for r in json.loads((again / "results.json").read_text())] == [r["metrics"] for r in results]
 
 
+def test_tiny_stacked_digits_benchmark_reports_modes_and_kl_without_hq(tmp_path, capsys, monkeypatch):
+    from gancore import images
+
+    monkeypatch.setenv("GANCORE_CACHE", str(tmp_path / "cache"))  # a private digit classifier (trained once, ~5 s)
+    images.digit_classifier.cache_clear()
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY_STACKED)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--plugins", "vanilla,pacgan", "--workers", "1", "--no-timing"]
+    try:
+        assert modes.main([*argv, "--dry-run"]) == 0  # not in the presets' `datasets`: not run by default
+        printed = capsys.readouterr().out
+        assert "2 runs (ring8 2 remedies; seeds 0)" in printed
+        assert "not run by default: stacked-digits (not in the presets' `datasets`; run it with --datasets stacked-digits)" in printed
+
+        assert modes.main([*argv, "--datasets", "stacked-digits"]) == 0
+        assert "4 runs (stacked-digits 2 remedies; seeds 0,1)" in capsys.readouterr().out
+    finally:
+        images.digit_classifier.cache_clear()  # later tests load the usual cache
+    assert (tmp_path / "cache" / f"digit-classifier-v{images.CLASSIFIER_VERSION}.pt").is_file()
+
+    report = (out / "RESULTS.md").read_text()
+    section = report[report.index("## stacked-digits"):report.index("## Notes")]
+    assert "| remedy | modes (of 1000) | HQ % | reverse KL | wall s / run | seeds |" in section
+    assert "`gancore.images.digit_mode_coverage`" in section and "300 samples" in section
+    for remedy in ("vanilla", "pacgan"):
+        cells = next(line for line in section.splitlines() if line.startswith(f"| {remedy} |")).split(" | ")
+        assert " ± " in cells[1] and cells[2] == "—" and " ± " in cells[3] and cells[5] == "2 |"  # mean ± std over 2 seeds
+    published = [row for row in modes.load_published() if "stacked-digits" in row]
+    assert section.count("| *published (Stacked MNIST):* ") == len(published) >= 6
+    assert "| *published (Stacked MNIST):* PacDCGAN2 (PacGAN Table 2) | 1000 | — | 0.06 | — | — |" in section
+    assert "not MNIST" in section and "8×8 digits upsampled to 16×16" in section
+    assert "![samples of every remedy on stacked-digits](samples_stacked-digits.png)" in section
+
+    notes = report[report.index("### stacked-digits"):report.index("### Runs and time")]
+    assert "- vanilla: " in notes and "/1000 modes, reverse KL " in notes and "HQ" not in notes
+    assert any(label in notes for label in ("Beat vanilla on modes and KL", "Beat vanilla on modes only", "Beat vanilla on KL only", "No better than vanilla on either"))
+    assert "Goal (all 1000 modes with reverse KL ≤ 0.05) **not met**" in notes  # 4 steps: far from it
+    assert "Ours vs the papers (modes / reverse KL): vanilla " in notes and "vs DCGAN 99 / 3.4 (VEEGAN Table 2)" in notes
+
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["dataset"], r["remedy"], r["seed"]) for r in results] == [
+        ("stacked-digits", "vanilla", 0), ("stacked-digits", "vanilla", 1), ("stacked-digits", "pacgan", 0), ("stacked-digits", "pacgan", 1)]
+    for record in results:
+        metrics = record["metrics"]
+        assert metrics["n_modes"] == 1000 and metrics["n_samples"] == 300 and "hq_percent" not in metrics
+        assert 1 <= metrics["modes_captured"] <= 300 and metrics["reverse_kl"] >= 0
+        assert record["settings"]["train"]["image_size"] == 8 and record["settings"]["train"]["model"] in ("auto", "dcgan")
+
+    import numpy as np
+
+    samples = np.load(out / "runs" / "stacked-digits" / "vanilla" / "seed0.samples.npy")
+    assert samples.shape == (modes.PICTURE_IMAGES, 3, 8, 8) and samples.min() >= -1 and samples.max() <= 1  # a grid, not 300 flat samples
+    assert (out / "samples_stacked-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_remedies_that_cannot_run_are_skipped_with_a_note(tmp_path, capsys):
     presets = tmp_path / "presets.toml"
     presets.write_text(TINY + "\n[ring8.plugins.instance-noise]\nno_such_option = 1\n")
@@ -99,3 +184,9 @@ def test_bad_presets_and_flags_are_one_line_errors(tmp_path, capsys):
     presets.write_text(TINY)
     assert modes.main(["--presets", str(presets), "--datasets", "grid25", "--dry-run"]) == 2
     assert "'grid25' has no table" in capsys.readouterr().err
+    presets.write_text('datasets = ["grid25"]\n' + TINY)
+    assert modes.main(["--presets", str(presets), "--dry-run"]) == 2
+    assert "datasets names 'grid25', which has no [grid25] table" in capsys.readouterr().err
+    presets.write_text(TINY_STACKED.replace("goal_modes = 1000", "goal_modes = 0"))
+    assert modes.main(["--presets", str(presets), "--dry-run"]) == 2
+    assert "stacked-digits.goal_modes must be an integer >= 1" in capsys.readouterr().err
