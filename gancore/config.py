@@ -49,7 +49,7 @@ def core_options() -> OptionSet:
     add("d_width", int, 128, "D's hidden width", min=1)
     add("d_depth", int, 2, "D's hidden layers", min=1)
     add("activation", str, "relu", "hidden activation of both nets", choices=tuple(ACTIVATIONS))
-    add("eval_every", int, 500, "steps between evaluations (0: only at the end)", min=0)
+    add("eval_every", int, 250, "steps between evaluations (0: only at the end)", min=0)
     add("eval_samples", int, 0, "samples scored per evaluation (0: the dataset's protocol: 2500 for mixtures, 26000 for stacked digits)", min=0)
     add("checkpoint_every", int, 1000, "steps between checkpoints (0: only at the end)", min=0)
     add("keep_checkpoints", int, 3, "how many recent checkpoints to keep", min=1)

@@ -20,21 +20,23 @@ def mode_coverage(samples: torch.Tensor, modes: torch.Tensor, radius: float, hq_
 
     :return: ``modes_captured`` (int), ``hq_percent`` (share of HQ samples, in %),
         ``reverse_kl`` (KL(HQ histogram ‖ uniform), nats; ``None`` when no sample is HQ),
-        ``mode_counts`` (HQ samples per mode, a list), ``n_modes`` and ``n_samples``.
+        ``mode_counts`` (HQ samples per mode, a list), ``nearest_counts`` (samples per nearest
+        mode, HQ or not: where the generator puts its mass), ``n_modes`` and ``n_samples``.
     """
     samples = samples.detach().float().to(modes.device)
     if not torch.isfinite(samples).all():
         # a diverged generator: nothing it made is near a mode
-        return _scores(torch.zeros(len(modes), dtype=torch.long), len(samples))
+        nothing = torch.zeros(len(modes), dtype=torch.long)
+        return _scores(nothing, nothing, len(samples))
     nearest = nearest_modes(samples, modes)
     offsets = samples - modes[nearest]
     distance = offsets.norm(dim=1) if hq_norm == "l2" else offsets.abs().amax(dim=1)
     high_quality = distance <= radius
     counts = torch.bincount(nearest[high_quality], minlength=len(modes))
-    return _scores(counts.cpu(), len(samples))
+    return _scores(counts.cpu(), torch.bincount(nearest, minlength=len(modes)).cpu(), len(samples))
 
 
-def _scores(counts: torch.Tensor, n_samples: int) -> dict:
+def _scores(counts: torch.Tensor, nearest_counts: torch.Tensor, n_samples: int) -> dict:
     n_hq = int(counts.sum())
     if n_hq:
         share = counts.double() / n_hq
@@ -49,4 +51,5 @@ def _scores(counts: torch.Tensor, n_samples: int) -> dict:
         "hq_percent": 100.0 * n_hq / n_samples,
         "reverse_kl": reverse_kl,
         "mode_counts": counts.tolist(),
+        "nearest_counts": nearest_counts.tolist(),
     }

@@ -85,8 +85,12 @@ def draw_samples(axis: plt.Axes, samples: torch.Tensor, dataset: Dataset, title:
 
 
 def plot_mode_shares(path: Path, history: list[dict], title: str) -> None:
-    """Stacked share of samples that are high quality for each mode at each evaluation: mode hopping
-    made visible. With more than 25 modes: modes captured over training, and the final histogram."""
+    """Each mode's share of the samples at every evaluation, stacked: mode hopping made visible.
+
+    For the mixtures: the samples nearest to each mode (light) and, darker within it, the part
+    that is high quality. With more than 25 modes: modes captured over training, and the final
+    histogram.
+    """
     rows = [entry for entry in history if "mode_counts" in entry]
     if not rows:
         return
@@ -94,22 +98,27 @@ def plot_mode_shares(path: Path, history: list[dict], title: str) -> None:
         _plot_many_modes(path, rows, title)
         return
     steps = np.array([entry["step"] for entry in rows])
-    counts = np.array([entry["mode_counts"] for entry in rows], dtype=float)
-    shares = counts / np.array([entry["n_samples"] for entry in rows], dtype=float)[:, None]
+    n_samples = np.array([entry["n_samples"] for entry in rows], dtype=float)[:, None]
+    nearest = np.array([entry.get("nearest_counts", entry["mode_counts"]) for entry in rows], dtype=float) / n_samples
+    high_quality = np.array([entry["mode_counts"] for entry in rows], dtype=float) / n_samples
+    n_modes = nearest.shape[1]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, n_modes))
     figure, axis = plt.subplots(figsize=(7, 3.5))
-    colours = plt.get_cmap("tab20")(np.linspace(0, 1, counts.shape[1]))
     if len(steps) == 1:
-        axis.bar([f"mode {i}" for i in range(counts.shape[1])], shares[0], color=colours)
-        axis.set_ylabel("share of samples (HQ)")
+        labels = [f"mode {i}" for i in range(n_modes)]
+        axis.bar(labels, nearest[0], color=colours, alpha=0.45)
+        axis.bar(labels, high_quality[0], color=colours)
     else:
-        axis.stackplot(steps, shares.T, colors=colours, labels=[f"mode {i}" for i in range(counts.shape[1])])
+        axis.stackplot(steps, nearest.T, colors=colours, alpha=0.45, labels=[f"mode {i}" for i in range(n_modes)])
+        bottoms = np.vstack([np.zeros(len(steps)), np.cumsum(nearest, axis=1)[:, :-1].T])
+        for mode in range(n_modes):
+            axis.fill_between(steps, bottoms[mode], bottoms[mode] + high_quality[:, mode], color=colours[mode], lw=0)
         axis.set_xlabel("step")
-        axis.set_ylabel("share of samples (HQ)")
-        # auto-scaled: a collapsed generator hops between modes at a low HQ share, which must stay visible
-        axis.set_ylim(0, min(1.0, max(shares.sum(axis=1).max() * 1.1, 0.01)))
         axis.set_xlim(steps[0], steps[-1])
-    if len(steps) > 1 and counts.shape[1] <= 25:
-        axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=1 + counts.shape[1] // 13)
+        if n_modes <= 25:
+            axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=1 + n_modes // 13)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("share of samples per nearest mode\n(dark: high quality)")
     axis.set_title(title, fontsize=9)
     _save(figure, path)
 

@@ -34,6 +34,7 @@ def test_one_mode_sampler_scores_one_mode_and_log_k_kl():
     scores = mode_coverage(samples, dataset.modes, dataset.radius)
     assert scores["modes_captured"] == 1
     assert scores["mode_counts"][3] == sum(scores["mode_counts"]) > 2400
+    assert scores["nearest_counts"] == [0, 0, 0, 2500, 0, 0, 0, 0]
     assert scores["reverse_kl"] == pytest.approx(math.log(8))
 
 
@@ -43,6 +44,7 @@ def test_samples_far_from_every_mode_score_zero():
     assert scores["hq_percent"] == 0.0
     assert scores["modes_captured"] == 0
     assert scores["reverse_kl"] is None
+    assert sum(scores["nearest_counts"]) == 2500  # where the mass is, even when none of it is HQ
 
 
 def test_radius_is_measured_in_the_datasets_norm():
