@@ -347,7 +347,7 @@ class _MinibatchL1Grad2(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        """Nothing to save: this op has no derivative."""
 
     @staticmethod
     def backward(ctx, *grads):
