@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 from gancore import GancoreError, hookimpl
 from gancore.models import Discriminator
+from gancore.plugins import pacgan  # its pack wrapper: D reads pairs of consecutive samples
 from gancore.plugins.unrolled import _AdamStep, unroll
 from gancore.trainer import Batch
 
@@ -159,21 +160,10 @@ class MLPHead:
         models.D.head = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 1))
 
 
-class Pack(nn.Module):
-    """A PacGAN-like wrapper: D reads pairs of consecutive samples."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x.reshape(len(x) // 2, -1))
-
-
 class Packed:
     @hookimpl
     def gancore_build_models(self, models, dataset):
-        models.D = Pack(Discriminator.mlp(2 * dataset.dim, 8, 2, "tanh"))
+        models.D = pacgan.Packed(Discriminator.mlp(2 * dataset.dim, 8, 2, "tanh"), m=2)
 
 
 class BatchNormBody:

@@ -1,10 +1,10 @@
 """WGAN-GP: the penalty (value and gradient w.r.t. D) against a float64 reference, λ, and the suggested settings."""
 import pytest
 import torch
-from torch import nn
 
 from gancore import GancoreError, hookimpl
 from gancore.models import Discriminator
+from gancore.plugins import pacgan  # its pack wrapper: D reads pairs of consecutive samples
 
 
 @pytest.fixture
@@ -54,21 +54,10 @@ class After:
         self.seen.append((penalty.detach(), expected.detach(), grads, expected_grads))
 
 
-class Pack(nn.Module):
-    """PacGAN-like: D reads pairs of consecutive samples."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x.reshape(len(x) // 2, -1))
-
-
 class Packed:
     @hookimpl
     def gancore_build_models(self, models, dataset):
-        models.D = Pack(Discriminator.mlp(2 * dataset.dim, 16, 2, "relu"))
+        models.D = pacgan.Packed(Discriminator.mlp(2 * dataset.dim, 16, 2, "relu"), m=2)
 
 
 class AfterPacked(After):
