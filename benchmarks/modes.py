@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -81,6 +82,7 @@ class DatasetPreset:
     goal_modes: int | None = None  # at least this many modes (unset: all of them, when another goal is set)
     goal_kl: float | None = None  # reverse KL at most this
     seeds: list[int] | None = None  # this dataset's own seeds (unset: the top-level `seeds`)
+    remedy_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # remedy name -> its own core settings here
 
     @property
     def goal(self) -> "Goal | None":
@@ -123,7 +125,7 @@ class Presets:
 
 
 _TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "train", "plugins", "quick"}
-_DATASET_KEYS = {"train", "plugins", "combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl"}
+_DATASET_KEYS = {"train", "plugins", "combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl", "remedy_train"}
 _QUICK_KEYS = {"datasets", "seeds", "train", "plugins"}
 _SET_BY_BENCHMARK = {"dataset", "data", "seed"}
 
@@ -173,6 +175,7 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
             goal_modes=goal_modes,
             goal_kl=None if table.get("goal_kl") is None else float(table["goal_kl"]),
             seeds=_int_list(table["seeds"], f"{where}: {name}.seeds") if "seeds" in table else None,
+            remedy_train=_remedy_train(table.get("remedy_train", {}), f"{where}: [{name}.remedy_train]"),
         )
     if not datasets:
         raise BenchmarkError(f"{where}: no dataset table (e.g. [ring8])")
@@ -190,7 +193,8 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
         datasets = {name: datasets[name] for name in names}
         seeds = _int_list(quick_table.get("seeds", seeds[:1]), f"{where}: quick.seeds")
         for preset in datasets.values():
-            preset.train.update(quick_train)
+            for train in (preset.train, *preset.remedy_train.values()):
+                train.update(quick_train)
             preset.plugins = _merge_plugins(preset.plugins, quick_plugins)
             preset.seeds = None  # --quick runs its own seeds on every dataset
         default = names
@@ -208,6 +212,14 @@ def _train_table(value: Any, where: str) -> dict:
     for key in sorted(set(table) & _SET_BY_BENCHMARK):
         raise BenchmarkError(f"{where}: train.{key} is set by the benchmark (datasets are tables, seeds are `seeds`)")
     return table
+
+
+def _remedy_train(value: Any, where: str) -> dict[str, dict]:
+    """``{"REMEDY": {train settings}}``, keyed by the remedy's canonical name."""
+    tables = {}
+    for text, train in _table(value, where).items():
+        tables[remedy_name(parse_remedy(text, where))] = _train_table(train, f"{where[:-1]}.{text}]")
+    return tables
 
 
 def _plugin_tables(value: Any, where: str) -> dict[str, dict]:
@@ -239,25 +251,62 @@ def _int_list(value: Any, where: str) -> list[int]:
 def _combinations(value: Any, where: str) -> list[tuple[str, ...]]:
     if not isinstance(value, list):
         raise BenchmarkError(f"{where} must be a list of plugin lists, e.g. [[\"pacgan\", \"minibatch-discrimination\"]]")
-    return [tuple(_str_list(item, f"{where} entry {index}")) for index, item in enumerate(value)]
+    combinations = []
+    for index, item in enumerate(value):
+        parts = tuple(_str_list(item, f"{where} entry {index}"))
+        combinations.append(parse_remedy("+".join(parts), f"{where} entry {index}"))
+    return combinations
 
 
 # ---------------------------------------------------------------------------------------- plan
 
 
-def remedy_name(plugins: Iterable[str]) -> str:
-    return "+".join(plugins) or VANILLA
+# A remedy is a tuple of parts, one per plugin in enable order: "NAME", or "NAME[OPTION=VALUE,...]"
+# for a variant with its own options (e.g. "unrolled[steps=10]"), which win over the presets'.
+_PART = re.compile(r"([A-Za-z0-9_.-]+)(?:\[([^\[\]]*)\])?")
 
 
-def parse_remedy(text: str) -> tuple[str, ...]:
-    """``vanilla`` -> (), ``a+b`` -> (a, b)."""
-    text = text.strip()
+def remedy_name(parts: Iterable[str]) -> str:
+    return "+".join(parts) or VANILLA
+
+
+def parse_remedy(text: str, where: str = "--plugins") -> tuple[str, ...]:
+    """``vanilla`` -> (), ``a+b[k=v]`` -> ("a", "b[k=v]"), with spaces removed and options checked."""
+    text = "".join(text.split())
     if text == VANILLA:
         return ()
-    parts = tuple(part.strip() for part in text.split("+"))
-    if not all(parts):
-        raise BenchmarkError(f"--plugins: {text!r} is not a remedy name (write vanilla, NAME or NAME+NAME)")
+    parts = tuple(text.split("+"))
+    for part in parts:
+        try:
+            part_options(part)
+        except ValueError:
+            raise BenchmarkError(
+                f"{where}: {text!r} is not a remedy name (write vanilla, NAME, NAME+NAME, or NAME[OPTION=VALUE,...] for a variant)"
+            ) from None
     return parts
+
+
+def part_options(part: str) -> tuple[str, dict[str, Any]]:
+    """``"unrolled[steps=10]"`` -> ("unrolled", {"steps": 10}); values are read as TOML (else text)."""
+    match = _PART.fullmatch(part)
+    if not match:
+        raise ValueError(part)
+    options: dict[str, Any] = {}
+    for assignment in filter(None, (match.group(2) or "").split(",")):
+        key, sep, value = assignment.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(part)
+        try:
+            options[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = value
+    if match.group(2) is not None and not options:
+        raise ValueError(part)
+    return match.group(1), options
+
+
+def plugin_names(parts: Iterable[str]) -> tuple[str, ...]:
+    return tuple(part_options(part)[0] for part in parts)
 
 
 @dataclass
@@ -266,7 +315,7 @@ class Task:
 
     dataset: str
     remedy: str
-    plugins: tuple[str, ...]
+    plugins: tuple[str, ...]  # plugin names, in enable order (the remedy's options are in values)
     seed: int
     values: dict[str, dict[str, Any]]
     record: Path
@@ -285,12 +334,14 @@ class Plan:
     not_default: list[str] = field(default_factory=list)  # dataset tables left out: not in the presets' `datasets`
 
 
-def run_values(preset: DatasetPreset, plugins: tuple[str, ...], seed: int) -> dict[str, dict[str, Any]]:
-    """The ``values`` of Catalog.resolve for one run."""
-    values: dict[str, dict[str, Any]] = {CORE: {**preset.train, "dataset": preset.name, "seed": seed}}
-    for name in plugins:
-        if name in preset.plugins:
-            values[name] = dict(preset.plugins[name])
+def run_values(preset: DatasetPreset, parts: tuple[str, ...], seed: int) -> dict[str, dict[str, Any]]:
+    """The ``values`` of Catalog.resolve for one run of the remedy ``parts``."""
+    train = {**preset.train, **preset.remedy_train.get(remedy_name(parts), {})}
+    values: dict[str, dict[str, Any]] = {CORE: {**train, "dataset": preset.name, "seed": seed}}
+    for part in parts:
+        name, options = part_options(part)
+        if name in preset.plugins or options:
+            values[name] = {**preset.plugins.get(name, {}), **options}
     return values
 
 
@@ -322,27 +373,28 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
     for preset in (presets.datasets[name] for name in (datasets or presets.default)):
         chosen = requested if requested is not None else discover_remedies(catalog, preset, presets.exclude)
         runnable = []
-        for plugins in chosen:
-            problem = _check_remedy(catalog, preset, plugins)
+        for parts in chosen:
+            problem = _check_remedy(catalog, preset, parts)
             if problem:
-                plan.skipped.append(f"{preset.name} {remedy_name(plugins)}: {problem}")
+                plan.skipped.append(f"{preset.name} {remedy_name(parts)}: {problem}")
                 continue
-            runnable.append(plugins)
+            runnable.append(parts)
         plan.remedies[preset.name] = runnable
-        for plugins in runnable:
+        for parts in runnable:
+            name = remedy_name(parts)
             for seed in seeds or presets.seeds_of(preset):
-                path = out / "runs" / preset.name / remedy_name(plugins) / f"seed{seed}.json"
-                plan.tasks.append(Task(preset.name, remedy_name(plugins), plugins, seed, run_values(preset, plugins, seed), path))
+                path = out / "runs" / preset.name / name / f"seed{seed}.json"
+                plan.tasks.append(Task(preset.name, name, plugin_names(parts), seed, run_values(preset, parts, seed), path))
     return plan
 
 
-def _check_remedy(catalog: Catalog, preset: DatasetPreset, plugins: tuple[str, ...]) -> str | None:
+def _check_remedy(catalog: Catalog, preset: DatasetPreset, parts: tuple[str, ...]) -> str | None:
     """Why this remedy cannot run on this dataset, or None (its settings resolve)."""
-    for name in plugins:
+    for name in plugin_names(parts):
         if name not in catalog.plugins:
             return f"plugin {name} failed to import ({catalog.broken[name]})" if name in catalog.broken else f"plugin {name} is not installed"
     try:
-        catalog.resolve(list(plugins), run_values(preset, plugins, 0))
+        catalog.resolve(list(plugin_names(parts)), run_values(preset, parts, 0))
     except GancoreError as exc:
         return f"not run: {exc}"
     return None
@@ -659,6 +711,11 @@ class Row:
         return _mean_std(self.values("reverse_kl"))
 
     @property
+    def steps(self) -> str:
+        """Training steps of the seeds ("a/b" if they differ)."""
+        return "/".join(str(n) for n in sorted({record["settings"][CORE]["steps"] for record in self.records}))
+
+    @property
     def wall(self) -> float:
         return statistics.fmean(record["wall_seconds"] for record in self.records)
 
@@ -832,13 +889,17 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
         if not hq_metric:
             lines += [_protocol_without_hq(dataset, rows), ""]
         lines += [f"Settings shared by every remedy: {shared or 'core defaults'}.", ""]
-        lines += [f"| remedy | modes (of {n_modes}) | HQ % | reverse KL | wall s / run | seeds |", "|---|---|---|---|---|---|"]
+        # steps differ where a preset's remedy_train gives a remedy its own budget: then they get a column
+        steps_column = len({row.steps for row in rows}) > 1
+        lines += [f"| remedy | modes (of {n_modes}) | HQ % | reverse KL |{' steps |' if steps_column else ''} wall s / run | seeds |",
+                  "|---|---|---|---|" + ("---|" if steps_column else "") + "---|---|"]
         for row in rows:
             modes, hq = row.modes, row.hq
             diverged = sum(1 for record in row.records if record.get("diverged"))
             name = row.remedy + (f" ({diverged} diverged‡)" if diverged else "")
             hq_cell = _pm(*hq, 1) if hq_metric else "—"
-            lines.append(f"| {name} | {_pm(*modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=not hq_metric)} | {row.wall:.1f} | {len(row.records)} |")
+            steps_cell = f" {row.steps} |" if steps_column else ""
+            lines.append(f"| {name} | {_pm(*modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=not hq_metric)} |{steps_cell} {row.wall:.1f} | {len(row.records)} |")
         note, label = formats.get(dataset, {}).get("note", ""), formats.get(dataset, {}).get("label", "")
         label = f"*published ({label}):*" if label else "*published:*"
         any_published = False
@@ -847,6 +908,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
             if numbers is not None:
                 any_published = True
                 cells = [f"{numbers[key]:g}" if key in numbers else "—" for key in PUBLISHED_VALUES]
+                cells += ["—"] * steps_column
                 lines.append(f"| {label} {paper['method']} ({paper['source']}) | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
         if any(len(row.values("reverse_kl")) < len(row.records) for row in rows):
             lines += ["", "† reverse KL averaged over the seeds with at least one HQ sample." if hq_metric
@@ -1051,7 +1113,7 @@ def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
         axis = axes[index // columns][index % columns]
         view = _dataset_view(record, cache)
         metrics = record["metrics"]
-        title = f"{row.remedy} (seed {record['seed']})\n{metrics['modes_captured']}/{metrics['n_modes']} modes, HQ {metrics['hq_percent']:.1f}%"
+        title = f"{_panel_name(row, record, panels)}\n{metrics['modes_captured']}/{metrics['n_modes']} modes, HQ {metrics['hq_percent']:.1f}%"
         if len(samples):
             draw_samples(axis, samples, view, title, legend=index == 0)
         else:
@@ -1062,15 +1124,29 @@ def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
             axis.set_ylabel(f"{'L∞' if view.hq_norm == 'linf' else 'L2'} distance to nearest mean")
     for index in range(len(panels), rows_n * columns):
         axes[index // columns][index % columns].axis("off")
-    steps = panels[0][1].get("settings", {}).get(CORE, {}).get("steps", "?")
     extra = "; dotted line: the HQ radius" if any(_load_cached(record, cache).dim > 2 for _, record, _ in panels) else ""
-    figure.suptitle(f"{dataset}: samples of each remedy after {steps} steps (orange) over the data (blue){extra}", fontsize=11)
+    figure.suptitle(f"{dataset}: samples of each remedy {_steps_phrase(panels)} (orange) over the data (blue){extra}", fontsize=11)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
     return True
+
+
+def _panel_steps(record: dict) -> Any:
+    return record.get("settings", {}).get(CORE, {}).get("steps", "?")
+
+
+def _steps_phrase(panels: list[tuple[Row, dict, torch.Tensor]]) -> str:
+    steps = {_panel_steps(record) for _, record, _ in panels}
+    return f"after {steps.pop()} steps" if len(steps) == 1 else "after the steps in its title"
+
+
+def _panel_name(row: Row, record: dict, panels: list[tuple[Row, dict, torch.Tensor]]) -> str:
+    """Remedy and seed; and its steps when the panels' steps differ."""
+    steps = "" if len({_panel_steps(r) for _, r, _ in panels}) == 1 else f", {_panel_steps(record)} steps"
+    return f"{row.remedy} (seed {record['seed']}{steps})"
 
 
 def _draw_image_panels(path: Path, dataset: str, panels: list[tuple[Row, dict, torch.Tensor]]) -> bool:
@@ -1086,7 +1162,7 @@ def _draw_image_panels(path: Path, dataset: str, panels: list[tuple[Row, dict, t
         axis = axes[index // columns][index % columns]
         metrics = record["metrics"]
         kl = metrics.get("reverse_kl")
-        title = f"{row.remedy} (seed {record['seed']})\n{metrics['modes_captured']}/{metrics['n_modes']} modes, KL {'n/a' if kl is None else f'{kl:.2f}'}"
+        title = f"{_panel_name(row, record, panels)}\n{metrics['modes_captured']}/{metrics['n_modes']} modes, KL {'n/a' if kl is None else f'{kl:.2f}'}"
         if len(samples):
             draw_samples(axis, samples, Dataset(dataset, samples[:1]), title, legend=False)
         else:
@@ -1094,8 +1170,7 @@ def _draw_image_panels(path: Path, dataset: str, panels: list[tuple[Row, dict, t
             axis.axis("off")
     for index in range(len(panels), rows_n * columns):
         axes[index // columns][index % columns].axis("off")
-    steps = panels[0][1].get("settings", {}).get(CORE, {}).get("steps", "?")
-    figure.suptitle(f"{dataset}: the first {PICTURE_IMAGES} samples of each remedy after {steps} steps", fontsize=11)
+    figure.suptitle(f"{dataset}: the first {PICTURE_IMAGES} samples of each remedy {_steps_phrase(panels)}", fontsize=11)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -1157,8 +1232,8 @@ def _log_invocation(out: Path, argv: list[str], workers: int, ran: int, elapsed:
 def _names(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
-    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
-    return names
+    # commas inside a variant's brackets separate its options, not names: unrolled[steps=10,backprop=false]
+    return [name.strip() for value in values for name in re.split(r",(?![^\[]*\])", value) if name.strip()]
 
 
 def _seeds(values: list[str] | None) -> list[int] | None:
@@ -1183,7 +1258,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="smoke test: the preset's [quick] overrides (ring8, one seed, few steps), into benchmarks/quick/")
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (comma- or space-separated)")
-    p.add_argument("--plugins", nargs="+", metavar="REMEDY", help="only these remedies: vanilla, NAME, or NAME+NAME for a combination")
+    p.add_argument("--plugins", nargs="+", metavar="REMEDY", help="only these remedies: vanilla, NAME, NAME+NAME for a combination, NAME[OPTION=VALUE,...] for a variant (quote it in a shell)")
     p.add_argument("--seeds", nargs="+", metavar="SEED", help="only these seeds, e.g. 0,1 or 0-4 (default: the preset's)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: the number of CPUs; 1 runs in this process)")
     p.add_argument("--presets", type=Path, default=DEFAULT_PRESETS, help="presets file (default: benchmarks/presets.toml)")

@@ -10,6 +10,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import modes  # noqa: E402
+from gancore.manager import Catalog  # noqa: E402
 
 TINY = """
 seeds = [0]
@@ -190,3 +191,32 @@ def test_bad_presets_and_flags_are_one_line_errors(tmp_path, capsys):
     presets.write_text(TINY_STACKED.replace("goal_modes = 1000", "goal_modes = 0"))
     assert modes.main(["--presets", str(presets), "--dry-run"]) == 2
     assert "stacked-digits.goal_modes must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_variants_and_per_remedy_budgets_reach_the_runs_and_the_table(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY.replace("combinations = []", 'combinations = [["instance-noise[std=0.5]"]]')
+                       + '\n[ring8.remedy_train."instance-noise[std=0.5]"]\nsteps = 20\n')
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--workers", "1", "--no-timing"]
+    assert modes.main([*argv, "--plugins", "vanilla,instance-noise[ std=0.5 ],instance-noise[std=0.1,anneal_steps=10]"]) == 0
+    results = {r["remedy"]: r for r in json.loads((out / "results.json").read_text())}
+    assert list(results) == ["vanilla", "instance-noise[std=0.1,anneal_steps=10]", "instance-noise[std=0.5]"]
+    assert results["instance-noise[std=0.5]"]["plugins"] == ["instance-noise"]
+    assert results["instance-noise[std=0.5]"]["settings"]["plugins"]["instance-noise"]["std"] == 0.5  # beats the preset's 0.2
+    assert results["instance-noise[std=0.5]"]["settings"]["train"]["steps"] == 20  # its own budget
+    assert results["instance-noise[std=0.1,anneal_steps=10]"]["settings"]["plugins"]["instance-noise"]["anneal_steps"] == 10
+    assert results["vanilla"]["settings"]["train"]["steps"] == 30
+    report = (out / "RESULTS.md").read_text()
+    assert "| remedy | modes (of 8) | HQ % | reverse KL | steps | wall s / run | seeds |" in report
+    assert "\n| instance-noise[std=0.5] | " in report and " | 20 | " in report and "train.steps=20" in report
+
+    # the presets' combinations run the variant by default, and --quick's steps beat its budget
+    plan = modes.make_plan(Catalog.installed(), modes.load_presets(presets), out, None, None, None)
+    assert ("instance-noise[std=0.5]",) in plan.remedies["ring8"]
+    presets.write_text(presets.read_text() + "\n[quick.train]\nsteps = 5\n")
+    quick = modes.load_presets(presets, quick=True)
+    assert quick.datasets["ring8"].remedy_train["instance-noise[std=0.5]"]["steps"] == 5
+    for bad in ("instance-noise[]", "instance-noise[std]", "a++b", "x[y=1"):
+        assert modes.main([*argv, "--dry-run", "--plugins", bad]) == 2
+        assert "is not a remedy name" in capsys.readouterr().err
