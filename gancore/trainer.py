@@ -114,6 +114,7 @@ class Trainer:
         self.last_logs: dict[str, torch.Tensor | float] = {}
         self.stop_requested: str | None = None  # set by a signal handler; honoured between steps
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
+        self.lr_decay_span = (0, train.steps)  # train.lr_decay="linear" goes from 1 to 0 over these steps
         self.rollbacks = 0
         self.models = Models(build_generator(train, self.dataset.shape), build_discriminator(train, self.dataset.shape))
         self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
@@ -140,6 +141,15 @@ class Trainer:
                     if hasattr(layer, "reset_parameters"):
                         layer.reset_parameters()
         self.optimizers[player] = self._new_optimizer(player)
+
+    def restart_lr_decay(self, start: int, end: int) -> None:
+        """With ``train.lr_decay = "linear"``, decay the learning rates from their full value at
+        step ``start`` to 0 at step ``end`` (instead of over the whole run), e.g. for each GAN that a
+        meta-algorithm trains from scratch. Not saved with checkpoints: a plugin that calls this sets
+        it again when a resumed run re-enters its loop."""
+        if not 0 <= start < end:
+            raise GancoreError(f"learning-rate decay span must satisfy 0 <= start < end, got {start}..{end}")
+        self.lr_decay_span = (start, end)
 
     def noise(self, n: int | None = None) -> torch.Tensor:
         return torch.randn(n or self.train.batch_size, self.train.z_dim, device=self.device, generator=self.generator)
@@ -249,10 +259,12 @@ class Trainer:
             tqdm.write(f"gancore: {error}; rolled back to step {self.step} with learning rates x{lr_scale:g}")
 
     def _set_learning_rates(self) -> None:
-        """lr = configured lr × rollback scale × linear decay factor (1 → 0 over ``steps``), if enabled."""
+        """lr = configured lr × rollback scale × linear decay factor (1 → 0 over
+        :attr:`lr_decay_span`, by default the whole run), if enabled."""
         factor = self.lr_scale
         if self.train.lr_decay == "linear":
-            factor *= max(0.0, 1.0 - self.step / max(self.train.steps, 1))
+            start, end = self.lr_decay_span
+            factor *= min(1.0, max(0.0, 1.0 - (self.step - start) / max(end - start, 1)))
         for player, optimizer in self.optimizers.items():
             base = self.train.lr_g if player == "G" else self.train.lr_d
             for group in optimizer.param_groups:

@@ -19,7 +19,9 @@ for the largest k with λ_k > a_k (the first k points are the ones with w > 0).
 Schedule: ``train.steps`` is split into ``rounds`` rounds of ``train.steps // rounds`` steps each;
 the last round also gets the remainder, so a run still ends at ``train.steps``. Every GAN starts
 fresh: ``trainer.reinitialize("G")`` (new weights and optimizer for G) and, with ``fresh_discriminator``
-(default), ``trainer.reinitialize("D")``. The start of every round after the first is marked as
+(default), ``trainer.reinitialize("D")``. With ``train.lr_decay = "linear"`` every round decays its
+learning rates over its own steps (``trainer.restart_lr_decay``): each GAN trains as a whole run would,
+rather than the last rounds' fresh GANs starting near a learning rate of 0. The start of every round after the first is marked as
 the last good state (``trainer.mark_good()``), so a rollback never crosses back into the previous
 round. Any other remedy can train the inner GANs (``--plugin adagan --plugin unrolled``).
 
@@ -122,6 +124,10 @@ class AdaGan:
             return 1.0
         return self.beta or 1.0 / (k + 1)
 
+    def round_start(self, trainer, k: int) -> int:
+        """The step at which 0-based round ``k`` starts."""
+        return k * (trainer.train.steps // self.rounds)
+
     def round_end(self, trainer, k: int) -> int:
         """The step at which 0-based round ``k`` ends (the last round ends at ``train.steps``)."""
         per_round = trainer.train.steps // self.rounds
@@ -144,6 +150,7 @@ class AdaGan:
         for k in range(first, self.rounds):
             if k != self.round:
                 self.start_round(trainer, k)
+            trainer.restart_lr_decay(self.round_start(trainer, k), self.round_end(trainer, k))
             trainer.run_steps(max(0, self.round_end(trainer, k) - trainer.step))
             self.finish_round(trainer)
         return True

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from gancore import hookimpl
+from gancore import GancoreError, hookimpl
 from gancore.losses import LOSSES
 from gancore.models import Critique
 
@@ -165,3 +165,15 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(make_trainer):
     for a, b in zip(straight.models.D.parameters(), second.models.D.parameters()):
         assert torch.equal(a, b)
     assert torch.equal(straight.noise(3), second.noise(3))
+
+
+def test_restart_lr_decay_decays_over_the_given_span_and_rejects_an_empty_one(make_trainer):
+    trainer = make_trainer(train={"steps": 100, "lr_g": 1e-3, "lr_d": 2e-3, "lr_decay": "linear"})
+    trainer.restart_lr_decay(40, 60)
+    for step, factor in [(30, 1.0), (40, 1.0), (50, 0.5), (60, 0.0), (80, 0.0)]:
+        trainer.step = step
+        trainer._set_learning_rates()
+        assert trainer.optimizers["G"].param_groups[0]["lr"] == pytest.approx(1e-3 * factor)
+        assert trainer.optimizers["D"].param_groups[0]["lr"] == pytest.approx(2e-3 * factor)
+    with pytest.raises(GancoreError, match="0 <= start < end"):
+        trainer.restart_lr_decay(5, 5)

@@ -230,3 +230,23 @@ def test_eval_and_sample_commands_score_the_final_mixture(capsys, tmp_path):
     summary = json.loads((tmp_path / "ring8-adagan-s0" / "summary.json").read_text())
     assert summary["adagan_round"] == 2 and summary["adagan_mixture_weights"] == [0.5, 0.5]
     assert f"modes captured {summary['modes_captured']}/8, high quality {summary['hq_percent']:.1f}%" in out
+
+
+class RecordLearningRates:
+    """Records G's learning rate at the start of every step (after the trainer has set it)."""
+
+    def __init__(self):
+        self.lrs: list[float] = []
+
+    @hookimpl
+    def gancore_step_start(self, trainer):
+        self.lrs.append(trainer.optimizers["G"].param_groups[0]["lr"])
+
+
+def test_with_linear_decay_every_round_decays_its_learning_rate_from_the_full_value(make_trainer):
+    trainer = make_trainer(["adagan", "lrs"], extra={"lrs": RecordLearningRates},
+                           train={"steps": 9, "lr_g": 1e-3, "lr_decay": "linear"}, options={"adagan": {**TINY_ADAGAN, "rounds": 2}})
+    trainer.fit()
+    lrs = trainer.run.manager.get_plugin("lrs").lrs
+    # round 1: steps 0..3 of 4; round 2 (the remainder): steps 4..8 of 5; each from 1e-3 towards 0
+    assert lrs == pytest.approx([1e-3 * (1 - k / 4) for k in range(4)] + [1e-3 * (1 - k / 5) for k in range(5)])
