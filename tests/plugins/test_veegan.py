@@ -31,7 +31,7 @@ class Capture:
         with torch.no_grad():
             record["G(z)"] = G(batch.z)
             if batch.real is not None:
-                record["F(x)"] = F(batch.real[:, Z_DIM:])
+                record["F(x)"] = F.distribution(batch.real[:, Z_DIM:])
         if batch.phase == "G":  # G's gradient reaches the fake pair (kept for the update)
             grads = torch.autograd.grad(batch.fake.sum(), list(G.parameters()), retain_graph=True)
             record["G grad norm"] = sum(float(g.norm()) for g in grads)
@@ -44,7 +44,11 @@ class Capture:
         g_grads = torch.autograd.grad(recon, list(G.parameters()), retain_graph=True)
         f_grads = torch.autograd.grad(recon, list(F.parameters()), retain_graph=True)
         with torch.no_grad():
-            expected = ((batch.z - F(G(batch.z))) ** 2).sum(dim=1).mean()
+            out = F.net(G(batch.z))  # the reconstructor's raw outputs: μ, then log σ if learned
+            mean, log_sigma = out[:, :Z_DIM], (out[:, Z_DIM:] if out.shape[1] > Z_DIM else torch.zeros_like(out))
+            squared = (batch.z - mean) ** 2
+            expected = {"unit": squared.sum(dim=1).mean(),
+                        "learned": (squared / (2 * torch.exp(log_sigma) ** 2) + log_sigma).sum(dim=1).mean()}
         self.losses.append({
             "terms": {name: value.detach() for name, value in terms.items()},
             "logits": fake.logits.detach(),
@@ -69,12 +73,15 @@ def test_the_joint_critic_gets_z_x_pairs_in_both_phases(make_trainer):
     trainer.train_step()
     d_batch, g_batch = capture.batches[0], capture.batches[1]
     assert [b["phase"] for b in capture.batches] == ["D", "G", "D", "G"]
-    # D phase: real = (F(x) detached, x) with x training points, fake = (z, G(z)); z first
+    # D phase: real = (a sample of F(x) = N(μ(x), σ(x)²), detached; x) with x training points,
+    # fake = (z, G(z)); z first
     real, fake = d_batch["real"], d_batch["fake"]
     assert real.shape == fake.shape == (64, Z_DIM + 2)
     x = real[:, Z_DIM:]
     assert (x[:, None, :] == trainer.dataset.points[None]).all(dim=2).any(dim=1).all()  # every x is a training point
-    assert torch.equal(real[:, :Z_DIM], d_batch["F(x)"])
+    mean, log_sigma = d_batch["F(x)"]
+    standardized = (real[:, :Z_DIM] - mean) / log_sigma.exp()  # the sample's noise: N(0, 1), 256 values
+    assert abs(standardized.mean().item()) < 0.25 and 0.8 < standardized.std().item() < 1.2
     assert not real.requires_grad and real.grad_fn is None  # F(x) is detached: D's loss never trains F
     assert all(grad is None for grad in capture.f_grads_after_d[0])  # nor did D's first update reach F
     assert torch.equal(fake[:, :Z_DIM], d_batch["z"]) and torch.equal(fake[:, Z_DIM:], d_batch["G(z)"])
@@ -87,15 +94,16 @@ def test_the_joint_critic_gets_z_x_pairs_in_both_phases(make_trainer):
     assert torch.equal(seen_by_d[0], real) and torch.equal(seen_by_d[1], d_batch["fake"]) and seen_by_d[2] is g_batch["fake"]
 
 
-def test_reconstruction_term_is_the_formula_and_trains_both_g_and_f(make_trainer):
-    trainer = make_trainer(["veegan", "capture"], extra={"capture": Capture}, options={"veegan": {"weight": 0.5}})
+@pytest.mark.parametrize("scale", ["learned", "unit"])
+def test_reconstruction_term_is_the_formula_and_trains_both_g_and_f(make_trainer, scale):
+    trainer = make_trainer(["veegan", "capture"], extra={"capture": Capture}, options={"veegan": {"weight": 0.5, "scale": scale}})
     capture = trainer.run.manager.get_plugin("capture")
     for _ in range(3):
         trainer.train_step()
     for record in capture.losses:
         terms = record["terms"]
         assert set(terms) == {"adversarial", "reconstruction"}
-        assert terms["reconstruction"].item() == pytest.approx(0.5 * record["expected_reconstruction"].item(), rel=1e-5)
+        assert terms["reconstruction"].item() == pytest.approx(0.5 * record["expected_reconstruction"][scale].item(), rel=1e-5)
         assert terms["adversarial"].item() == pytest.approx(-record["logits"].mean().item(), rel=1e-5)  # VEEGAN's KL estimate
         assert all(norm > 0 for norm in record["G grads"]) and all(norm > 0 for norm in record["F grads"])
     assert trainer.models.players["F"] == "G"
