@@ -958,11 +958,48 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     return out / "RESULTS.md"
 
 
+@dataclass(frozen=True)
+class _SecondMetric:
+    """What the notes weigh against modes captured: HQ % on the mixtures, reverse KL where the protocol
+    scores no HQ (stacked-digits)."""
+
+    name: str  # short, in the group labels: "Beat vanilla on NAME only"
+    title: str  # in "Ours vs the papers (modes / TITLE)"
+    key: str  # in a record's metrics and in a paper's published values
+    higher_is_better: bool
+    digits: int
+    unit: str  # after our values and the papers'
+    phrase: str  # a value in a sentence; {} is the value with its unit
+    difference_unit: str  # after a remedy's difference from vanilla
+    both_label: str  # the group of remedies better on modes and on this metric
+
+    def of(self, row: Row) -> tuple[float, float | None]:
+        return _mean_std(row.values(self.key))
+
+    def rank(self, row: Row) -> float:
+        """Higher ranks better; a row without the metric ranks last."""
+        mean = self.of(row)[0]
+        return -math.inf if math.isnan(mean) else mean if self.higher_is_better else -mean
+
+    def text(self, value: float) -> str:
+        return "n/a" if math.isnan(value) else f"{value:.{self.digits}f}{self.unit}"
+
+    def difference(self, value: float) -> str:
+        return f"{self.name} n/a" if math.isnan(value) else f"{value:+.{self.digits}f} {self.difference_unit}"
+
+
+_HQ = _SecondMetric(name="HQ", title="HQ", key="hq_percent", higher_is_better=True, digits=1, unit="%", phrase="{} HQ",
+                    difference_unit="HQ points", both_label="Beat vanilla on modes and HQ")
+_REVERSE_KL = _SecondMetric(name="KL", title="reverse KL", key="reverse_kl", higher_is_better=False, digits=3, unit="", phrase="reverse KL {}",
+                            difference_unit="KL", both_label="Beat vanilla on modes and KL (more modes, lower reverse KL)")
+
+
 def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, published: list[dict], formats: dict[str, dict] | None = None) -> list[str]:
+    """The notes of a dataset: remedies against vanilla by modes and the dataset's second metric, the goal, the papers."""
     if isinstance(goal, (int, float)):
         goal = Goal(hq_percent=float(goal))
-    if not has_hq(rows):
-        return _dataset_notes_kl(dataset, rows, goal, published, formats or {})
+    formats = formats or {}
+    metric = _HQ if has_hq(rows) else _REVERSE_KL
     notes = []
     n_modes = rows[0].n_modes
     vanilla = next((row for row in rows if row.remedy == VANILLA), None)
@@ -970,29 +1007,33 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
     if vanilla is None:
         notes.append("- No vanilla run is stored: nothing to compare the remedies with.")
     else:
-        v_modes, v_hq = vanilla.modes, vanilla.hq
-        notes.append(f"- vanilla: {v_modes[0]:.1f}/{n_modes} modes, {v_hq[0]:.1f}% HQ.")
-        groups: dict[str, list[str]] = {"both": [], "modes": [], "hq": [], "neither": []}
+        (v_modes, v_modes_std), (v_value, v_std) = vanilla.modes, metric.of(vanilla)
+        notes.append(f"- vanilla: {v_modes:.1f}/{n_modes} modes, {metric.phrase.format(metric.text(v_value))}.")
+        groups: dict[str, list[str]] = {"both": [], "modes": [], "metric": [], "neither": []}
         for row in others:
-            (m, m_std), (h, h_std) = row.modes, row.hq
-            dm, dh = m - v_modes[0], h - v_hq[0]
+            (m, m_std), (value, std) = row.modes, metric.of(row)
+            dm, dv = m - v_modes, value - v_value  # dv is NaN when either lacks the metric
+            better = metric.rank(row) > metric.rank(vanilla)
             close = lambda diff, a, b: abs(diff) <= max(a or 0.0, b or 0.0)  # noqa: E731
-            flag = " (within one std)" if (dm > 0 and close(dm, m_std, v_modes[1])) or (dh > 0 and close(dh, h_std, v_hq[1])) else ""
-            text = f"{row.remedy} ({dm:+.1f} modes, {dh:+.1f} HQ points){flag}"
-            groups["both" if dm > 0 and dh > 0 else "modes" if dm > 0 else "hq" if dh > 0 else "neither"].append(text)
-        labels = {"both": "Beat vanilla on modes and HQ", "modes": "Beat vanilla on modes only", "hq": "Beat vanilla on HQ only", "neither": "No better than vanilla on either"}
+            flag = " (within one std)" if (dm > 0 and close(dm, m_std, v_modes_std)) or (better and close(dv, std, v_std)) else ""
+            text = f"{row.remedy} ({dm:+.1f} modes, {metric.difference(dv)}){flag}"
+            groups["both" if dm > 0 and better else "modes" if dm > 0 else "metric" if better else "neither"].append(text)
+        labels = {"both": metric.both_label, "modes": "Beat vanilla on modes only",
+                  "metric": f"Beat vanilla on {metric.name} only", "neither": "No better than vanilla on either"}
         for key, label in labels.items():
             if groups[key]:
                 notes.append(f"- {label}: {'; '.join(groups[key])}.")
         if not others:
             notes.append("- No remedy besides vanilla is stored.")
-    best = max(rows, key=lambda row: (row.modes[0], row.hq[0]))
-    (b_modes, _), (b_hq, _) = best.modes, best.hq
+    best = max(rows, key=lambda row: (row.modes[0], metric.rank(row)))
+    b_modes, b_value = best.modes[0], metric.of(best)[0]
+    b_text = metric.phrase.format(metric.text(b_value))
     if goal is not None:
         target = goal.target(n_modes)
-        met = lambda modes, hq, kl: goal.met(n_modes, modes, hq, kl)  # noqa: E731
-        meets = [row for row in rows if met(row.modes[0], row.hq[0], None if math.isnan(row.kl[0]) else row.kl[0])]
-        per_seed = sum(1 for r in best.records if met(r["metrics"]["modes_captured"], r["metrics"].get("hq_percent"), r["metrics"].get("reverse_kl")))
+        known = lambda mean: None if math.isnan(mean) else mean  # noqa: E731  (NaN: no seed measured it)
+        meets = [row for row in rows if goal.met(n_modes, row.modes[0], known(row.hq[0]), known(row.kl[0]))]
+        per_seed = sum(1 for r in best.records
+                       if goal.met(n_modes, r["metrics"]["modes_captured"], r["metrics"].get("hq_percent"), r["metrics"].get("reverse_kl")))
         if meets:
             notes.append(f"- Goal ({target}) **met** by: {', '.join(row.remedy for row in meets)}.")
         else:
@@ -1000,90 +1041,26 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
             needed = n_modes if goal.modes is None else min(goal.modes, n_modes)
             if b_modes < needed:
                 misses.append(f"{needed - b_modes:.1f} modes short")
-            if goal.hq_percent is not None and b_hq < goal.hq_percent:
-                misses.append(f"{goal.hq_percent - b_hq:.1f} HQ points short")
+            # a goal names HQ and KL whichever metric the notes rank by; NaN: not measured, a miss
+            b_hq, b_kl = best.hq[0], best.kl[0]
+            if goal.hq_percent is not None and not b_hq >= goal.hq_percent:
+                misses.append("no HQ measure on this dataset" if math.isnan(b_hq) else f"{goal.hq_percent - b_hq:.1f} HQ points short")
             if goal.kl is not None and not _kl_key(best) <= goal.kl:
-                misses.append(f"reverse KL {_kl_key(best) - goal.kl:.3f} above" if math.isfinite(_kl_key(best)) else "no reverse KL")
-            notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_hq:.1f}% HQ: "
+                misses.append("no reverse KL" if math.isnan(b_kl) else f"reverse KL {b_kl - goal.kl:.3f} above")
+            notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_text}: "
                          f"{' and '.join(misses)}; {per_seed} of its {len(best.records)} seeds meet the goal.")
     else:
-        notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_hq:.1f}% HQ (no goal set for {dataset}).")
-    comparisons = []
-    for paper in published:
-        row = next((row for row in rows if row.remedy == paper.get("remedy")), None)
-        numbers = published_values(paper, dataset, formats or {})
-        if row is not None and numbers is not None and "modes" in numbers and "hq_percent" in numbers:
-            modes, hq = numbers["modes"], numbers["hq_percent"]
-            comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {row.hq[0]:.1f}% vs {paper['method']} {modes:g} / {hq:g}% ({paper['source']})")
-    if comparisons:
-        notes.append(f"- Ours vs the papers (modes / HQ): {'; '.join(comparisons)}. Settings differ from the papers' (steps, nets, batch): see above.")
-    return notes
-
-
-def _kl_text(kl: float) -> str:
-    return "n/a" if math.isnan(kl) else f"{kl:.3f}"
-
-
-def _dataset_notes_kl(dataset: str, rows: list[Row], goal: Goal | None, published: list[dict], formats: dict[str, dict]) -> list[str]:
-    """The notes of a dataset without HQ (stacked-digits): remedies against vanilla by modes and reverse KL."""
-    notes = []
-    n_modes = rows[0].n_modes
-    vanilla = next((row for row in rows if row.remedy == VANILLA), None)
-    others = [row for row in rows if row.remedy != VANILLA]
-    if vanilla is None:
-        notes.append("- No vanilla run is stored: nothing to compare the remedies with.")
-    else:
-        v_modes, v_kl = vanilla.modes, vanilla.kl
-        notes.append(f"- vanilla: {v_modes[0]:.1f}/{n_modes} modes, reverse KL {_kl_text(v_kl[0])}.")
-        groups: dict[str, list[str]] = {"both": [], "modes": [], "kl": [], "neither": []}
-        for row in others:
-            (m, m_std), (k, k_std) = row.modes, row.kl
-            dm = m - v_modes[0]
-            dk = _kl_key(row) - _kl_key(vanilla) if math.isfinite(_kl_key(row)) and math.isfinite(_kl_key(vanilla)) else math.nan
-            better_kl = _kl_key(row) < _kl_key(vanilla)  # lower is better; a KL beats none
-            close = lambda diff, a, b: abs(diff) <= max(a or 0.0, b or 0.0)  # noqa: E731
-            flag = " (within one std)" if (dm > 0 and close(dm, m_std, v_modes[1])) or (better_kl and math.isfinite(dk) and close(dk, k_std, v_kl[1])) else ""
-            text = f"{row.remedy} ({dm:+.1f} modes, {'KL n/a' if math.isnan(dk) else f'{dk:+.3f} KL'}){flag}"
-            groups["both" if dm > 0 and better_kl else "modes" if dm > 0 else "kl" if better_kl else "neither"].append(text)
-        labels = {"both": "Beat vanilla on modes and KL (more modes, lower reverse KL)", "modes": "Beat vanilla on modes only",
-                  "kl": "Beat vanilla on KL only", "neither": "No better than vanilla on either"}
-        for key, label in labels.items():
-            if groups[key]:
-                notes.append(f"- {label}: {'; '.join(groups[key])}.")
-        if not others:
-            notes.append("- No remedy besides vanilla is stored.")
-    best = max(rows, key=lambda row: (row.modes[0], -_kl_key(row)))
-    b_modes, b_kl = best.modes[0], best.kl[0]
-    if goal is not None:
-        target = goal.target(n_modes)
-        met = lambda metrics: goal.met(n_modes, metrics["modes_captured"], metrics.get("hq_percent"), metrics.get("reverse_kl"))  # noqa: E731
-        meets = [row for row in rows if goal.met(n_modes, row.modes[0], None, None if math.isnan(row.kl[0]) else row.kl[0])]
-        per_seed = sum(1 for r in best.records if met(r["metrics"]))
-        if meets:
-            notes.append(f"- Goal ({target}) **met** by: {', '.join(row.remedy for row in meets)}.")
-        else:
-            misses = []
-            needed = n_modes if goal.modes is None else min(goal.modes, n_modes)
-            if b_modes < needed:
-                misses.append(f"{needed - b_modes:.1f} modes short")
-            if goal.hq_percent is not None:
-                misses.append("no HQ measure on this dataset")
-            if goal.kl is not None and not _kl_key(best) <= goal.kl:
-                misses.append(f"reverse KL {b_kl - goal.kl:.3f} above" if not math.isnan(b_kl) else "no reverse KL")
-            notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and reverse KL "
-                         f"{_kl_text(b_kl)}: {' and '.join(misses)}; {per_seed} of its {len(best.records)} seeds meet the goal.")
-    else:
-        notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and reverse KL {_kl_text(b_kl)} (no goal set for {dataset}).")
+        notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_text} (no goal set for {dataset}).")
     comparisons = []
     for paper in published:
         row = next((row for row in rows if row.remedy == paper.get("remedy")), None)
         numbers = published_values(paper, dataset, formats)
-        if row is not None and numbers is not None and "modes" in numbers and "reverse_kl" in numbers:
-            comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {_kl_text(row.kl[0])} vs {paper['method']} "
-                               f"{numbers['modes']:g} / {numbers['reverse_kl']:g} ({paper['source']})")
+        if row is not None and numbers is not None and "modes" in numbers and metric.key in numbers:
+            comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {metric.text(metric.of(row)[0])} vs {paper['method']} "
+                               f"{numbers['modes']:g} / {numbers[metric.key]:g}{metric.unit} ({paper['source']})")
     if comparisons:
-        label = formats.get(dataset, {}).get("label", "")
-        notes.append(f"- Ours vs the papers (modes / reverse KL): {'; '.join(comparisons)}. Settings differ from the papers' (steps, nets, "
+        label = formats.get(dataset, {}).get("label", "")  # the papers' dataset, where it is not ours
+        notes.append(f"- Ours vs the papers (modes / {metric.title}): {'; '.join(comparisons)}. Settings differ from the papers' (steps, nets, "
                      f"batch): see above{f'; and the papers measured {label}, not this dataset' if label else ''}.")
     return notes
 
