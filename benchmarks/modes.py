@@ -1311,14 +1311,16 @@ def _print_estimate(pending: list[Task], workers: int, notes: list[str]) -> None
           f"(sum of run times {duration(sum(known))}, from timed steps x steps"
           + (f"; {unknown} runs not estimated" if unknown else "")
           + f"; timed at load average {load:.1f} on {os.cpu_count()} CPUs: a busier machine times slower)")
-    per: dict[str, dict[str, float]] = {}
+    per: dict[str, dict[str, tuple[float, Any]]] = {}
     for task in pending:
         if task.estimate is not None:
-            per.setdefault(task.dataset, {})[task.remedy] = task.estimate
+            per.setdefault(task.dataset, {})[task.remedy] = (task.estimate, task.values[CORE].get("steps", "default"))
     for dataset, remedies in per.items():
-        steps = next(task.values[CORE].get("steps", "default") for task in pending if task.dataset == dataset)
-        listing = ", ".join(f"{remedy} {duration(seconds)}" for remedy, seconds in sorted(remedies.items(), key=lambda kv: _order(kv[0])))
-        print(f"  per run, {dataset} ({steps} steps): {listing}")
+        # the dataset's usual steps in the heading; a remedy with a budget of its own says its steps
+        usual = statistics.mode(steps for _, steps in remedies.values())
+        listing = ", ".join(f"{remedy} {duration(seconds)}" + ("" if steps == usual else f" ({steps} steps)")
+                            for remedy, (seconds, steps) in sorted(remedies.items(), key=lambda kv: _order(kv[0])))
+        print(f"  per run, {dataset} ({usual} steps): {listing}")
     for note in notes:
         print(f"  note: {note}")
 
