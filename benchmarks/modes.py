@@ -124,7 +124,7 @@ class Presets:
         return preset.seeds if preset.seeds is not None else self.seeds
 
 
-_TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "train", "plugins", "quick"}
+_TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "train", "plugins", "quick", "remedy_train"}
 _DATASET_KEYS = {"train", "plugins", "combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl", "remedy_train"}
 _QUICK_KEYS = {"datasets", "seeds", "train", "plugins"}
 _SET_BY_BENCHMARK = {"dataset", "data", "seed"}
@@ -144,6 +144,7 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
     default_combinations = _combinations(data.get("combinations", []), f"{where}: combinations")
     shared_train = _train_table(data.get("train", {}), f"{where}: [train]")
     shared_plugins = _plugin_tables(data.get("plugins", {}), f"{where}: [plugins]")
+    shared_remedy_train = _remedy_train(data.get("remedy_train", {}), f"{where}: [remedy_train]")
     quick_table = _table(data.get("quick", {}), f"{where}: [quick]")
     unknown = sorted(set(quick_table) - _QUICK_KEYS)
     if unknown:
@@ -165,7 +166,7 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
         goal_modes = table.get("goal_modes")
         if goal_modes is not None and (isinstance(goal_modes, bool) or not isinstance(goal_modes, int) or goal_modes < 1):
             raise BenchmarkError(f"{where}: {name}.goal_modes must be an integer >= 1")
-        plugins = _merge_plugins(shared_plugins, _plugin_tables(table.get("plugins", {}), f"{where}: [{name}.plugins]"))
+        plugins = _merge_tables(shared_plugins, _plugin_tables(table.get("plugins", {}), f"{where}: [{name}.plugins]"))
         datasets[name] = DatasetPreset(
             name=name,
             train={**shared_train, **_train_table(table.get("train", {}), f"{where}: [{name}.train]")},
@@ -175,7 +176,7 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
             goal_modes=goal_modes,
             goal_kl=None if table.get("goal_kl") is None else float(table["goal_kl"]),
             seeds=_int_list(table["seeds"], f"{where}: {name}.seeds") if "seeds" in table else None,
-            remedy_train=_remedy_train(table.get("remedy_train", {}), f"{where}: [{name}.remedy_train]"),
+            remedy_train=_merge_tables(shared_remedy_train, _remedy_train(table.get("remedy_train", {}), f"{where}: [{name}.remedy_train]")),
         )
     if not datasets:
         raise BenchmarkError(f"{where}: no dataset table (e.g. [ring8])")
@@ -195,7 +196,7 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
         for preset in datasets.values():
             for train in (preset.train, *preset.remedy_train.values()):
                 train.update(quick_train)
-            preset.plugins = _merge_plugins(preset.plugins, quick_plugins)
+            preset.plugins = _merge_tables(preset.plugins, quick_plugins)
             preset.seeds = None  # --quick runs its own seeds on every dataset
         default = names
     return Presets(Path(path), seeds, exclude, datasets, default)
@@ -229,7 +230,8 @@ def _plugin_tables(value: Any, where: str) -> dict[str, dict]:
     return {name: dict(options) for name, options in tables.items()}
 
 
-def _merge_plugins(base: dict[str, dict], over: dict[str, dict]) -> dict[str, dict]:
+def _merge_tables(base: dict[str, dict], over: dict[str, dict]) -> dict[str, dict]:
+    """Tables by name (plugins, or remedies), ``over``'s values winning key by key."""
     merged = {name: dict(options) for name, options in base.items()}
     for name, options in over.items():
         merged.setdefault(name, {}).update(options)

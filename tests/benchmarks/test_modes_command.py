@@ -196,6 +196,7 @@ def test_bad_presets_and_flags_are_one_line_errors(tmp_path, capsys):
 def test_variants_and_per_remedy_budgets_reach_the_runs_and_the_table(tmp_path, capsys):
     presets = tmp_path / "presets.toml"
     presets.write_text(TINY.replace("combinations = []", 'combinations = [["instance-noise[std=0.5]"]]')
+                       + '\n[remedy_train."instance-noise[std=0.5]"]\nsteps = 25\nbatch_size = 32\n'
                        + '\n[ring8.remedy_train."instance-noise[std=0.5]"]\nsteps = 20\n')
     out = tmp_path / "out"
     argv = ["--presets", str(presets), "--out", str(out), "--workers", "1", "--no-timing"]
@@ -204,7 +205,8 @@ def test_variants_and_per_remedy_budgets_reach_the_runs_and_the_table(tmp_path, 
     assert list(results) == ["vanilla", "instance-noise[std=0.1,anneal_steps=10]", "instance-noise[std=0.5]"]
     assert results["instance-noise[std=0.5]"]["plugins"] == ["instance-noise"]
     assert results["instance-noise[std=0.5]"]["settings"]["plugins"]["instance-noise"]["std"] == 0.5  # beats the preset's 0.2
-    assert results["instance-noise[std=0.5]"]["settings"]["train"]["steps"] == 20  # its own budget
+    assert results["instance-noise[std=0.5]"]["settings"]["train"]["steps"] == 20  # its own budget on ring8 ...
+    assert results["instance-noise[std=0.5]"]["settings"]["train"]["batch_size"] == 32  # ... over its shared settings
     assert results["instance-noise[std=0.1,anneal_steps=10]"]["settings"]["plugins"]["instance-noise"]["anneal_steps"] == 10
     assert results["vanilla"]["settings"]["train"]["steps"] == 30
     report = (out / "RESULTS.md").read_text()
