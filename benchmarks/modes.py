@@ -1243,6 +1243,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", type=Path, default=DEFAULT_PRESETS, help="presets file (default: benchmarks/presets.toml)")
     p.add_argument("--out", type=Path, help="output directory (default: benchmarks/, or benchmarks/quick/ with --quick)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing, write nothing")
+    p.add_argument("--report-only", action="store_true", help="run nothing: rewrite RESULTS.md, results.json and the pictures from the stored runs")
     p.add_argument("--no-timing", action="store_true", help="do not time a few steps of every remedy before starting (no time estimate)")
     return p
 
@@ -1266,6 +1267,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     catalog = Catalog.installed()
     plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds))
     pending = [task for task in plan.tasks if not is_done(task)]
+    if args.report_only:
+        if pending:
+            print(f"  report only: {len(pending)} runs of the plan are not stored; they are not run and have no row")
+        pending = []
     stored = stored_records(out)
     workers = max(1, min(args.workers, len(pending) or 1))
 

@@ -103,6 +103,12 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     assert "2 already stored" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text()) == results
 
+    # --report-only rewrites the report from the stored runs and runs nothing, even what is not stored
+    (out / "RESULTS.md").unlink()
+    assert modes.main([*argv, "--report-only", "--plugins", "vanilla,instance-noise,pacgan"]) == 0
+    assert "report only: 1 runs of the plan are not stored" in capsys.readouterr().out
+    assert "\n| vanilla | " in (out / "RESULTS.md").read_text() and not (out / "runs" / "ring8" / "pacgan").exists()
+
     # reproducible: the same runs in this process give the numbers the workers gave
     again = tmp_path / "again"
     assert modes.main(["--presets", str(presets), "--out", str(again), "--plugins", "vanilla,instance-noise", "--workers", "1", "--no-timing"]) == 0
