@@ -130,8 +130,7 @@ class AdaGan:
 
     def round_end(self, trainer, k: int) -> int:
         """The step at which 0-based round ``k`` ends (the last round ends at ``train.steps``)."""
-        per_round = trainer.train.steps // self.rounds
-        return trainer.train.steps if k == self.rounds - 1 else (k + 1) * per_round
+        return trainer.train.steps if k == self.rounds - 1 else self.round_start(trainer, k + 1)
 
     @property
     def pending(self) -> bool:
