@@ -818,6 +818,24 @@ def _settings_lines(rows: list[Row]) -> tuple[str, list[str]]:
     return shared, lines
 
 
+def _plugin_metric_lines(rows: list[Row]) -> list[str]:
+    """Per remedy, the scalar metrics its plugins added to the final evaluation (``gancore_evaluate``).
+
+    A metric every row reports is the core's (modes, HQ, ...); losses are training logs, not evaluations.
+    """
+    core = set.intersection(*(set(record["metrics"]) for row in rows for record in row.records))
+    lines = []
+    for row in rows:
+        names = sorted({
+            key for record in row.records for key, value in record["metrics"].items()
+            if key not in core and not key.startswith("loss_") and isinstance(value, (int, float)) and not isinstance(value, bool)
+        })
+        cells = [f"{key} {_pm(*_mean_std(row.values(key)), 3)}" for key in names]
+        if cells:
+            lines.append(f"- {row.remedy}: {', '.join(cells)}")
+    return lines
+
+
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
@@ -922,6 +940,9 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
                       "they count with the metrics of their generator where training stopped."]
         if remedy_settings:
             lines += ["", "What each remedy's resolved settings change from vanilla's (plugin options; core settings a plugin suggested):", "", *remedy_settings]
+        plugin_metrics = _plugin_metric_lines(rows)
+        if plugin_metrics:
+            lines += ["", "What the plugins add to the final evaluation (mean ± std over seeds; meanings in each plugin's docs, `gancore plugins`):", "", *plugin_metrics]
         picture = out / f"samples_{dataset}.png"
         if draw_dataset(picture, dataset, rows):
             lines += ["", f"![samples of every remedy on {dataset}]({picture.name})"]

@@ -44,7 +44,10 @@ How it maps onto gancore's hooks:
 * ``gancore_generator_loss`` sets ``terms["adversarial"]`` as above and adds
   ``terms["reconstruction"] = weight · mean_i d(z_i, F(G(z_i)))`` (summed over the z dimensions,
   averaged over the batch; d as chosen by ``scale``).
-* ``gancore_evaluate`` reports ``reconstruction_error``: mean ‖z − μ(G(z))‖² on fresh noise.
+* ``gancore_evaluate`` reports ``reconstruction_error``: mean ‖z − μ(G(z))‖² on fresh noise, and
+  ``reconstruction_error_relative``: that error over mean ‖z‖² on the same noise (1 is what an F
+  that always answers 0 gets; a generator that maps z_dim = 256 onto 2-D points keeps little of z
+  for F to recover, so expect values near 1 on the 2-D mixtures).
 
 Inference: :func:`encode` (Python) and ``gancore encode RUN_DIR --data FILE --out FILE.npy``
 map points to the mean μ(x) of the trained F.
@@ -191,6 +194,7 @@ class Veegan:
         with torch.no_grad():
             error = reconstruction_error(z, trainer.models["F"](trainer.models.G(z)))
         metrics["reconstruction_error"] = round(float(error), 6)
+        metrics["reconstruction_error_relative"] = round(float(error / z.pow(2).sum(dim=1).mean()), 6)
 
     @hookimpl
     def gancore_register_commands(self, cli):

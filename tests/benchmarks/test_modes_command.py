@@ -228,3 +228,21 @@ def test_variants_and_per_remedy_budgets_reach_the_runs_and_the_table(tmp_path, 
     for bad in ("instance-noise[]", "instance-noise[std]", "a++b", "x[y=1"):
         assert modes.main([*argv, "--dry-run", "--plugins", bad]) == 2
         assert "is not a remedy name" in capsys.readouterr().err
+
+
+def test_metrics_a_plugin_adds_to_the_evaluation_are_reported_per_remedy():
+    def record(seed: int, **extra) -> dict:
+        core = {"modes_captured": 8, "hq_percent": 90.0, "n_modes": 8, "loss_D/adversarial": 0.7}
+        return {"seed": seed, "metrics": {**core, **extra}}
+
+    rows = [
+        modes.Row("vanilla", [], [record(0), record(1)]),
+        modes.Row("veegan", ["veegan"], [record(0, reconstruction_error=250.0, **{"loss_G/reconstruction": 1.0}),
+                                         record(1, reconstruction_error=254.0)]),
+        modes.Row("adagan", ["adagan"], [record(0, adagan_weight_ess=0.5, adagan_mixture_weights=[0.5, 0.5], adagan_done=True)]),
+    ]
+    # core metrics (reported by every row), losses, lists and flags are left out
+    assert modes._plugin_metric_lines(rows) == [
+        "- veegan: reconstruction_error 252.000 ± 2.828",
+        "- adagan: adagan_weight_ess 0.500",
+    ]

@@ -132,6 +132,7 @@ def test_short_run_reports_a_falling_reconstruction_error(make_trainer):
     with torch.no_grad():
         independent = ((z - trainer.models["F"](trainer.models.G(z))) ** 2).sum(dim=1).mean().item()
     assert after == pytest.approx(independent, rel=0.1)
+    assert summary["reconstruction_error_relative"] == pytest.approx(independent / (z**2).sum(dim=1).mean().item(), rel=0.1)
     assert before > 3.0  # an untrained F(G(z)) is near constant: about E‖z‖² = z_dim = 4
     assert after < 0.8 * before
 
