@@ -33,6 +33,13 @@ every evaluation carries ``adagan_round`` (1-based), ``adagan_components`` and
 ``adagan_mixture_weights``, and, from round 2, ``adagan_lambda`` and ``adagan_weight_ess`` (effective
 sample size of the data weights, 1 / (N Σ w²), a share of N).
 
+Known limit: when the classifier tells every data point from the mixture (hd1200, whose 500
+constant coordinates no generator reproduces exactly, or stacked digits), h_i ≈ 0 for all i and
+the weights stay uniform (``adagan_weight_ess`` 1.0). That is the formula's answer to a mixture
+that misses everything, not a bug: each later round is then an ordinary GAN on all the data, and
+if those collapse onto the same mode (hd1200, 5 seeds: 1/10 modes) so does the mixture. A weaker
+classifier (``classifier_steps=20``) did not change that on hd1200 seed 0.
+
 State (checkpoints): the mixed generators' state dicts, the mixture weights, the round whose
 generator is live, λ* and the data weights. A resumed run (or a rollback) runs the rest of its
 round: the round's end step comes from the schedule, the progress from ``trainer.step``. The
