@@ -265,6 +265,8 @@ def _combinations(value: Any, where: str) -> list[tuple[str, ...]]:
 
 # A remedy is a tuple of parts, one per plugin in enable order: "NAME", or "NAME[OPTION=VALUE,...]"
 # for a variant with its own options (e.g. "unrolled[steps=10]"), which win over the presets'.
+# A part "train[OPTION=VALUE,...]" is no plugin: it sets core options of this remedy alone, e.g. a
+# bigger generator, "pacgan+train[g_width=400,g_depth=4]" (its vanilla: "train[g_width=400,g_depth=4]").
 _PART = re.compile(r"([A-Za-z0-9_.-]+)(?:\[([^\[\]]*)\])?")
 
 
@@ -280,10 +282,13 @@ def parse_remedy(text: str, where: str = "--plugins") -> tuple[str, ...]:
     parts = tuple(text.split("+"))
     for part in parts:
         try:
-            part_options(part)
+            name, options = part_options(part)
+            if name == CORE and not options:
+                raise ValueError(part)
         except ValueError:
             raise BenchmarkError(
-                f"{where}: {text!r} is not a remedy name (write vanilla, NAME, NAME+NAME, or NAME[OPTION=VALUE,...] for a variant)"
+                f"{where}: {text!r} is not a remedy name (write vanilla, NAME, NAME+NAME, NAME[OPTION=VALUE,...] for a variant,"
+                f" or +{CORE}[OPTION=VALUE,...] for core options of this remedy alone)"
             ) from None
     return parts
 
@@ -308,7 +313,7 @@ def part_options(part: str) -> tuple[str, dict[str, Any]]:
 
 
 def plugin_names(parts: Iterable[str]) -> tuple[str, ...]:
-    return tuple(part_options(part)[0] for part in parts)
+    return tuple(name for name in (part_options(part)[0] for part in parts) if name != CORE)
 
 
 @dataclass
@@ -339,11 +344,14 @@ class Plan:
 def run_values(preset: DatasetPreset, parts: tuple[str, ...], seed: int) -> dict[str, dict[str, Any]]:
     """The ``values`` of Catalog.resolve for one run of the remedy ``parts``."""
     train = {**preset.train, **preset.remedy_train.get(remedy_name(parts), {})}
-    values: dict[str, dict[str, Any]] = {CORE: {**train, "dataset": preset.name, "seed": seed}}
+    values: dict[str, dict[str, Any]] = {CORE: train}
     for part in parts:
         name, options = part_options(part)
-        if name in preset.plugins or options:
+        if name == CORE:
+            values[CORE] = {**values[CORE], **options}
+        elif name in preset.plugins or options:
             values[name] = {**preset.plugins.get(name, {}), **options}
+    values[CORE] = {**values[CORE], "dataset": preset.name, "seed": seed}
     return values
 
 

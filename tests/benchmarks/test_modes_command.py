@@ -225,9 +225,27 @@ def test_variants_and_per_remedy_budgets_reach_the_runs_and_the_table(tmp_path, 
     presets.write_text(presets.read_text() + "\n[quick.train]\nsteps = 5\n")
     quick = modes.load_presets(presets, quick=True)
     assert quick.datasets["ring8"].remedy_train["instance-noise[std=0.5]"]["steps"] == 5
-    for bad in ("instance-noise[]", "instance-noise[std]", "a++b", "x[y=1"):
+    for bad in ("instance-noise[]", "instance-noise[std]", "a++b", "x[y=1", "instance-noise+train"):
         assert modes.main([*argv, "--dry-run", "--plugins", bad]) == 2
         assert "is not a remedy name" in capsys.readouterr().err
+
+
+def test_a_train_part_sets_core_options_of_its_remedy_alone(tmp_path):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY.replace("combinations = []", 'combinations = [["train[g_width=24,g_depth=3]"], ["instance-noise", "train[g_width=24]"]]')
+                       + '\n[ring8.remedy_train."instance-noise+train[g_width=24]"]\nsteps = 20\ng_width = 12\n')
+    plan = modes.make_plan(Catalog.installed(), modes.load_presets(presets), tmp_path / "out", None, ["vanilla", "train[g_width=24,g_depth=3]", "instance-noise+train[g_width=24]"], None)
+    tasks = {task.remedy: task for task in plan.tasks}
+    assert tasks["vanilla"].values["train"]["g_width"] == 16 and "g_depth" not in tasks["vanilla"].values["train"]
+    bigger = tasks["train[g_width=24,g_depth=3]"]
+    assert bigger.plugins == () and (bigger.values["train"]["g_width"], bigger.values["train"]["g_depth"]) == (24, 3)
+    combined = tasks["instance-noise+train[g_width=24]"]
+    assert combined.plugins == ("instance-noise",)
+    # the part's own value beats the remedy's budget table, which still sets the rest
+    assert (combined.values["train"]["g_width"], combined.values["train"]["steps"]) == (24, 20)
+    # a core option that does not exist is named when the plan is made
+    plan = modes.make_plan(Catalog.installed(), modes.load_presets(presets), tmp_path / "out", None, ["train[g_widht=24]"], None)
+    assert plan.tasks == [] and "unknown option train.g_widht" in plan.skipped[0]
 
 
 def test_metrics_a_plugin_adds_to_the_evaluation_are_reported_per_remedy():
