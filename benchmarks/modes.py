@@ -1041,13 +1041,20 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
         (v_modes, v_modes_std), (v_value, v_std) = vanilla.modes, metric.of(vanilla)
         notes.append(f"- vanilla: {v_modes:.1f}/{n_modes} modes, {metric.phrase.format(metric.text(v_value))}.")
         groups: dict[str, list[str]] = {"both": [], "modes": [], "metric": [], "neither": []}
+        by_name = {row.remedy: row for row in rows}
         for row in others:
+            # a remedy with core options of its own (a train[...] part) is compared with the vanilla of
+            # the same options where that is stored: the same nets, only the plugins differ
+            own = remedy_name(part for part in parse_remedy(row.remedy) if part_options(part)[0] == CORE)
+            baseline = by_name.get(own, vanilla) if own != row.remedy else vanilla
             (m, m_std), (value, std) = row.modes, metric.of(row)
-            dm, dv = m - v_modes, value - v_value  # dv is NaN when either lacks the metric
-            better = metric.rank(row) > metric.rank(vanilla)
+            (b_modes_mean, b_modes_std), (b_value, b_std) = baseline.modes, metric.of(baseline)
+            dm, dv = m - b_modes_mean, value - b_value  # dv is NaN when either lacks the metric
+            better = metric.rank(row) > metric.rank(baseline)
             close = lambda diff, a, b: abs(diff) <= max(a or 0.0, b or 0.0)  # noqa: E731
-            flag = " (within one std)" if (dm > 0 and close(dm, m_std, v_modes_std)) or (better and close(dv, std, v_std)) else ""
-            text = f"{row.remedy} ({dm:+.1f} modes, {metric.difference(dv)}){flag}"
+            flag = " (within one std)" if (dm > 0 and close(dm, m_std, b_modes_std)) or (better and close(dv, std, b_std)) else ""
+            against = "" if baseline is vanilla else f" against {baseline.remedy}"
+            text = f"{row.remedy} ({dm:+.1f} modes, {metric.difference(dv)}{against}){flag}"
             groups["both" if dm > 0 and better else "modes" if dm > 0 else "metric" if better else "neither"].append(text)
         labels = {"both": metric.both_label, "modes": "Beat vanilla on modes only",
                   "metric": f"Beat vanilla on {metric.name} only", "neither": "No better than vanilla on either"}
@@ -1084,9 +1091,12 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
         notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_text} (no goal set for {dataset}).")
     comparisons = []
     for paper in published:
-        row = next((row for row in rows if row.remedy == paper.get("remedy")), None)
+        counterparts = paper.get("remedy", [])
+        counterparts = [counterparts] if isinstance(counterparts, str) else counterparts
         numbers = published_values(paper, dataset, formats)
-        if row is not None and numbers is not None and "modes" in numbers and metric.key in numbers:
+        if numbers is None or "modes" not in numbers or metric.key not in numbers:
+            continue
+        for row in (row for row in rows if row.remedy in counterparts):
             comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {metric.text(metric.of(row)[0])} vs {paper['method']} "
                                f"{numbers['modes']:g} / {numbers[metric.key]:g}{metric.unit} ({paper['source']})")
     if comparisons:

@@ -264,3 +264,20 @@ def test_metrics_a_plugin_adds_to_the_evaluation_are_reported_per_remedy():
         "- veegan: reconstruction_error 252.000 ± 2.828",
         "- adagan: adagan_weight_ess 0.500",
     ]
+
+
+def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_those_options():
+    def row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
+        records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
+        return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
+
+    big = "train[g_width=400]"
+    rows = [row("vanilla", [(6, 95.0), (6, 95.0)]), row("pacgan", [(8, 90.0), (8, 92.0)]),
+            row(big, [(4, 99.0), (4, 97.0)]), row(f"pacgan+{big}", [(8, 98.0), (8, 99.0)])]
+    published = [{"method": "PacGAN2", "source": "PacGAN Table 1", "remedy": ["pacgan", f"pacgan+{big}"], "ring8": [7.9, 95.6]}]
+    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
+    # its own vanilla, not the 2x128 one
+    assert f"Beat vanilla on modes and HQ: pacgan+{big} (+4.0 modes, +0.5 HQ points against {big})" in notes
+    assert "pacgan (+2.0 modes, -4.0 HQ points)" in notes and f"{big} (-2.0 modes, +3.0 HQ points)" in notes
+    # a published row names every counterpart of ours
+    assert f"pacgan 8.0 / 91.0% vs PacGAN2 7.9 / 95.6%" in notes and f"pacgan+{big} 8.0 / 98.5% vs PacGAN2" in notes
