@@ -1167,7 +1167,8 @@ PANEL_NAME_CHARS = 24  # a longer remedy name puts its seed on the next line, cl
 def _panel_name(row: Row, record: dict, panels: list[tuple[Row, dict, torch.Tensor]]) -> str:
     """Remedy and seed; and its steps when the panels' steps differ."""
     steps = "" if len({_panel_steps(r) for _, r, _ in panels}) == 1 else f", {_panel_steps(record)} steps"
-    return f"{row.remedy}{chr(10) if len(row.remedy) > PANEL_NAME_CHARS else ' '}(seed {record['seed']}{steps})"
+    gap = "\n" if len(row.remedy) > PANEL_NAME_CHARS else " "
+    return f"{row.remedy}{gap}(seed {record['seed']}{steps})"
 
 
 def _draw_image_panels(path: Path, dataset: str, panels: list[tuple[Row, dict, torch.Tensor]]) -> bool:
