@@ -280,4 +280,4 @@ def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_thos
     assert f"Beat vanilla on modes and HQ: pacgan+{big} (+4.0 modes, +0.5 HQ points against {big})" in notes
     assert "pacgan (+2.0 modes, -4.0 HQ points)" in notes and f"{big} (-2.0 modes, +3.0 HQ points)" in notes
     # a published row names every counterpart of ours
-    assert f"pacgan 8.0 / 91.0% vs PacGAN2 7.9 / 95.6%" in notes and f"pacgan+{big} 8.0 / 98.5% vs PacGAN2" in notes
+    assert "pacgan 8.0 / 91.0% vs PacGAN2 7.9 / 95.6%" in notes and f"pacgan+{big} 8.0 / 98.5% vs PacGAN2" in notes
