@@ -281,3 +281,24 @@ def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_thos
     assert "pacgan (+2.0 modes, -4.0 HQ points)" in notes and f"{big} (-2.0 modes, +3.0 HQ points)" in notes
     # a published row names every counterpart of ours
     assert "pacgan 8.0 / 91.0% vs PacGAN2 7.9 / 95.6%" in notes and f"pacgan+{big} 8.0 / 98.5% vs PacGAN2" in notes
+
+
+def test_the_notes_name_the_remedies_that_beat_each_published_row_on_both_columns():
+    def row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
+        records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
+        return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
+
+    rows = [row("vanilla", [(6, 95.0), (7, 95.0)]), row("pacgan", [(8, 60.0), (8, 50.0)]),
+            row("adagan", [(8, 40.0), (8, 70.0)]), row("veegan", [(8, 20.0), (7, 99.0)])]
+    published = [{"method": "VEEGAN", "source": "VEEGAN Table 1", "ring8": [8, 52.9]},
+                 {"method": "Unrolled", "source": "VEEGAN Table 1", "ring8": [6.5, 35.6]},
+                 {"method": "GAN", "source": "VEEGAN Table 1", "ring8": [1, 99.3]}]
+    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
+    # all 8 modes tie the paper's 8 (no row can have more); HQ means 55.0 and 55.0 beat 52.9, veegan's 59.5 comes with 7.5 modes
+    assert "  - VEEGAN 8 / 52.9% (VEEGAN Table 1): pacgan, adagan.\n" in notes
+    # below full coverage a tie is not a win: vanilla's 6.5 modes do not beat the paper's 6.5
+    assert "  - Unrolled 6.5 / 35.6% (VEEGAN Table 1): pacgan, adagan, veegan.\n" in notes
+    assert "  - GAN 1 / 99.3% (VEEGAN Table 1): none." in notes
+    # the goal is missed; the best by modes (8.0 at 55.0%) is followed by the best HQ within one mode of it (not vanilla's 6.5)
+    assert "Best remedy: pacgan, 8.0/8 modes and 55.0% HQ" in notes
+    assert "  - Best HQ within one mode of it: veegan, 7.5/8 modes and 59.5% HQ." in notes
