@@ -1119,7 +1119,7 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
 
 
 def _published_rows_beaten(dataset: str, rows: list[Row], published: list[dict], formats: dict[str, dict], metric: _SecondMetric) -> list[str]:
-    """Per published row of ``dataset``: which of ours beat it on modes and on ``metric``, or "by none".
+    """Per published row of ``dataset``: which of ours beat it on modes and on ``metric``, or "none".
     Modes tie only at full coverage, where no row can have more."""
     n_modes = rows[0].n_modes
     lines = []
