@@ -1096,12 +1096,9 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
     else:
         notes.append(f"- Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_text} (no goal set for {dataset}).")
     comparisons = []
-    for paper in published:
+    for paper, numbers in _comparable_papers(dataset, published, formats, metric):
         counterparts = paper.get("remedy", [])
         counterparts = [counterparts] if isinstance(counterparts, str) else counterparts
-        numbers = published_values(paper, dataset, formats)
-        if numbers is None or "modes" not in numbers or metric.key not in numbers:
-            continue
         for row in (row for row in rows if row.remedy in counterparts):
             comparisons.append(f"{row.remedy} {row.modes[0]:.1f} / {metric.text(metric.of(row)[0])} vs {paper['method']} "
                                f"{numbers['modes']:g} / {numbers[metric.key]:g}{metric.unit} ({paper['source']})")
@@ -1118,15 +1115,20 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
     return notes
 
 
+def _comparable_papers(dataset: str, published: list[dict], formats: dict[str, dict], metric: _SecondMetric):
+    """(paper, its numbers) for each published row that reports modes and ``metric`` on ``dataset``."""
+    for paper in published:
+        numbers = published_values(paper, dataset, formats)
+        if numbers is not None and "modes" in numbers and metric.key in numbers:
+            yield paper, numbers
+
+
 def _published_rows_beaten(dataset: str, rows: list[Row], published: list[dict], formats: dict[str, dict], metric: _SecondMetric) -> list[str]:
     """Per published row of ``dataset``: which of ours beat it on modes and on ``metric``, or "none".
     Modes tie only at full coverage, where no row can have more."""
     n_modes = rows[0].n_modes
     lines = []
-    for paper in published:
-        numbers = published_values(paper, dataset, formats)
-        if numbers is None or "modes" not in numbers or metric.key not in numbers:
-            continue
+    for paper, numbers in _comparable_papers(dataset, published, formats, metric):
         paper_value = numbers[metric.key]
         winners = []
         for row in rows:
