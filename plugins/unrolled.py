@@ -29,6 +29,11 @@ D's parameters, buffers (cloned: a batch norm's running statistics move on the c
 optimizer state are never written. Any D works, however plugins wrapped it: only
 ``torch.func.functional_call`` over D's named parameters and buffers is used.
 
+Nets. Metz et al.'s demo trains tanh MLPs; the core's default is ReLU. On the benchmark's ring8
+(benchmarks/README.md, "Metz et al.'s tanh nets") unrolled keeps all 8 modes on every seed with
+``--set train.activation=tanh``, and loses one or two on three seeds of five with ReLU. Vanilla
+with tanh nets keeps all 8 as well: there the nets, not the unroll, recover the modes.
+
 Cost. Every unrolled step is one forward and one backward of D on x and fake, recorded for
 G's double backward. What does not depend on G is not differentiated: at step 0 the parameters
 are constants, so G's backward runs through step 0's fake branch only (its real-data branch and
