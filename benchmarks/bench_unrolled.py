@@ -13,8 +13,16 @@ inflated by preemption):
 
     pytest benchmarks/bench_unrolled.py --benchmark-enable --benchmark-timer=time.process_time \
         --benchmark-min-rounds=15 --benchmark-columns=min,median,rounds
+
+pytest-benchmark times one case after another, so a machine whose speed drifts (a shared VM)
+biases exact against baseline. ``python -m benchmarks.bench_unrolled [K ...]`` times the two
+alternately, round by round, in one process and prints their medians.
 """
 from __future__ import annotations
+
+import statistics
+import sys
+import time
 
 import pytest
 import torch
@@ -97,3 +105,25 @@ def test_baseline(benchmark, k):
     models, train = trainer.models, trainer.train
     args = (models.G, models.D, trainer.optimizers["G"], trainer.optimizers["D"], trainer.dataset.points, trainer.generator, train.batch_size, train.z_dim, k)
     benchmark(hand_written_unrolled_g_step, *args)
+
+
+def compare_alternately(k: int, rounds: int = 40) -> tuple[float, float]:
+    """Median process time (s) of the exact G step and of the baseline at ``k``, timed in turns."""
+    exact = make_trainer(["unrolled"], {"unrolled": {"steps": k}})
+    plain = make_trainer([])
+    args = (plain.models.G, plain.models.D, plain.optimizers["G"], plain.optimizers["D"], plain.dataset.points,
+            plain.generator, plain.train.batch_size, plain.train.z_dim, k)
+    times: dict[str, list[float]] = {"exact": [], "baseline": []}
+    for round_ in range(rounds + 3):  # the first 3 rounds warm up
+        for name, step in (("exact", exact.train_step), ("baseline", lambda: hand_written_unrolled_g_step(*args))):
+            start = time.process_time()
+            step()
+            if round_ >= 3:
+                times[name].append(time.process_time() - start)
+    return statistics.median(times["exact"]), statistics.median(times["baseline"])
+
+
+if __name__ == "__main__":
+    for k in [int(arg) for arg in sys.argv[1:]] or [5, 10]:
+        exact_s, baseline_s = compare_alternately(k)
+        print(f"k={k}: exact {exact_s * 1e3:.1f} ms, baseline {baseline_s * 1e3:.1f} ms (median), exact/baseline {exact_s / baseline_s:.2f}")
