@@ -125,7 +125,7 @@ class Presets:
 
 
 _TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "train", "plugins", "quick", "remedy_train"}
-_DATASET_KEYS = {"train", "plugins", "combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl", "remedy_train"}
+_DATASET_KEYS = {"train", "plugins", "combinations", "more_combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl", "remedy_train"}
 _QUICK_KEYS = {"datasets", "seeds", "train", "plugins"}
 _SET_BY_BENCHMARK = {"dataset", "data", "seed"}
 
@@ -171,7 +171,8 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
             name=name,
             train={**shared_train, **_train_table(table.get("train", {}), f"{where}: [{name}.train]")},
             plugins=plugins,
-            combinations=_combinations(table["combinations"], f"{where}: {name}.combinations") if "combinations" in table else default_combinations,
+            combinations=(_combinations(table["combinations"], f"{where}: {name}.combinations") if "combinations" in table else default_combinations)
+            + _combinations(table.get("more_combinations", []), f"{where}: {name}.more_combinations"),
             goal_hq_percent=None if table.get("goal_hq_percent") is None else float(table["goal_hq_percent"]),
             goal_modes=goal_modes,
             goal_kl=None if table.get("goal_kl") is None else float(table["goal_kl"]),

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
@@ -302,3 +304,14 @@ def test_the_notes_name_the_remedies_that_beat_each_published_row_on_both_column
     # the goal is missed; the best by modes (8.0 at 55.0%) is followed by the best HQ within one mode of it (not vanilla's 6.5)
     assert "Best remedy: pacgan, 8.0/8 modes and 55.0% HQ" in notes
     assert "  - Best HQ within one mode of it: veegan, 7.5/8 modes and 59.5% HQ." in notes
+
+
+def test_more_combinations_extend_a_datasets_list_after_the_shared_ones(tmp_path):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY.replace("combinations = []", 'combinations = [["instance-noise[std=0.5]"]]')
+                       .replace("[ring8]\n", '[ring8]\nmore_combinations = [["instance-noise", "train[g_width=24]"]]\n'))
+    loaded = modes.load_presets(presets)
+    assert loaded.datasets["ring8"].combinations == [("instance-noise[std=0.5]",), ("instance-noise", "train[g_width=24]")]
+    presets.write_text(presets.read_text().replace('more_combinations = [["instance-noise"', 'more_combinations = [["instance-noise[]"'))
+    with pytest.raises(modes.BenchmarkError, match="more_combinations"):
+        modes.load_presets(presets)
