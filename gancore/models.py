@@ -29,6 +29,25 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
+class Maxout(nn.Module):
+    """``fan_out`` maxout units (Goodfellow et al., 2013): each the max of ``pieces`` affine maps of the input.
+
+    PacGAN's 2-D discriminator is built of these (3 layers of 200 units, 5 pieces). A maxout
+    unit is its own nonlinearity, so no activation follows it.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, pieces: int):
+        super().__init__()
+        self.pieces = pieces
+        self.linear = nn.Linear(fan_in, fan_out * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).unflatten(-1, (-1, self.pieces)).amax(-1)
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}"
+
+
 class Generator(nn.Module):
     """An MLP from ``z_dim`` noise to samples of ``shape`` (an int for vectors)."""
 
@@ -77,10 +96,18 @@ class Discriminator(nn.Module):
         self.head = head
 
     @classmethod
-    def mlp(cls, data_dim: int, width: int, depth: int, activation: str) -> "Discriminator":
-        """An MLP D; inputs with more than one dimension per sample (images) are flattened."""
-        body = nn.Sequential(nn.Flatten(), mlp([data_dim] + [width] * depth, activation), ACTIVATIONS[activation]())
-        return cls(body, nn.Linear(width, 1))
+    def mlp(cls, data_dim: int, width: int, depth: int, activation: str, maxout: int = 1) -> "Discriminator":
+        """An MLP D; inputs with more than one dimension per sample (images) are flattened.
+
+        ``maxout`` > 1 makes every hidden layer a :class:`Maxout` layer of that many pieces
+        (``activation`` is then unused).
+        """
+        sizes = [data_dim] + [width] * depth
+        if maxout > 1:
+            hidden = [Maxout(fan_in, fan_out, maxout) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+        else:
+            hidden = [mlp(sizes, activation), ACTIVATIONS[activation]()]
+        return cls(nn.Sequential(nn.Flatten(), *hidden), nn.Linear(width, 1))
 
     @classmethod
     def conv(cls, shape: tuple[int, int, int], width: int, norm: str) -> "Discriminator":
@@ -124,4 +151,4 @@ def build_discriminator(train: SimpleNamespace, shape: tuple[int, ...]) -> Discr
     """A freshly initialized D of the configured family and size for samples of ``shape``."""
     if network_family(train, shape) == "dcgan":
         return Discriminator.conv(shape, train.d_width, train.d_norm)
-    return Discriminator.mlp(math.prod(shape), train.d_width, train.d_depth, train.activation)
+    return Discriminator.mlp(math.prod(shape), train.d_width, train.d_depth, train.activation, train.d_maxout)

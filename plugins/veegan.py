@@ -156,7 +156,7 @@ class Veegan:
         width = options.width or train.g_width
         depth = options.depth or train.g_depth
         models.add("F", Reconstructor(dataset.dim, train.z_dim, width, depth, train.activation, self.learned_scale), player="G")
-        models.D = Discriminator.mlp(train.z_dim + dataset.dim, train.d_width, train.d_depth, train.activation)
+        models.D = Discriminator.mlp(train.z_dim + dataset.dim, train.d_width, train.d_depth, train.activation, train.d_maxout)
 
     @hookimpl(tryfirst=True)
     def gancore_discriminator_batch(self, trainer, batch):

@@ -1,0 +1,42 @@
+import torch
+from torch import nn
+
+from gancore.models import Discriminator, Maxout
+
+
+def test_a_maxout_unit_is_the_max_of_its_affine_pieces():
+    torch.manual_seed(0)
+    layer = Maxout(3, 7, pieces=5)
+    x = torch.randn(11, 3, dtype=torch.float64)
+    layer.double()
+    weight = layer.linear.weight.detach().view(7, 5, 3)  # unit u, piece p -> row u·5 + p
+    bias = layer.linear.bias.detach().view(7, 5)
+    naive = torch.tensor([[max(float(weight[u, p] @ x[n] + bias[u, p]) for p in range(5)) for u in range(7)] for n in range(11)])
+    assert torch.allclose(layer(x), naive.double())
+    # the gradient reaches only the winning piece of each unit
+    layer(x[:1]).sum().backward()
+    winners = (x[0] @ weight.transpose(1, 2) + bias).argmax(-1)
+    touched = layer.linear.bias.grad.view(7, 5) != 0
+    assert torch.equal(touched, nn.functional.one_hot(winners, 5).bool())
+
+
+def test_a_maxout_d_has_no_activation_and_keeps_its_width():
+    D = Discriminator.mlp(6, 20, 3, "relu", maxout=5)
+    hidden = [module for module in D.body if isinstance(module, Maxout)]
+    assert len(hidden) == 3 and [m.linear.out_features for m in hidden] == [100, 100, 100]
+    assert not any(isinstance(module, nn.ReLU) for module in D.modules())
+    out = D(torch.randn(4, 2, 3))  # samples of shape (2, 3) are flattened
+    assert out.logits.shape == (4,) and out.features.shape == (4, 20)
+
+
+def test_a_plain_d_keeps_its_parameter_names_so_old_checkpoints_load():
+    names = list(Discriminator.mlp(2, 8, 2, "relu").state_dict())
+    assert names == ["body.1.0.weight", "body.1.0.bias", "body.1.2.weight", "body.1.2.bias", "head.weight", "head.bias"]
+
+
+def test_the_core_option_builds_a_maxout_d_that_pacgan_and_veegan_keep(make_trainer):
+    packed = make_trainer(["pacgan"], train={"dataset": "ring8", "d_maxout": 3}).models.D
+    first = packed.inner.body[1]
+    assert isinstance(first, Maxout) and first.linear.in_features == 2 * 2 and first.pieces == 3
+    critic = make_trainer(["veegan"], train={"dataset": "ring8", "d_maxout": 3}).models.D
+    assert sum(isinstance(module, Maxout) for module in critic.modules()) == 2
