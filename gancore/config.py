@@ -48,6 +48,7 @@ def core_options() -> OptionSet:
     add("g_depth", int, 2, "G's hidden layers", min=1)
     add("d_width", int, 128, "D's hidden width", min=1)
     add("d_depth", int, 2, "D's hidden layers", min=1)
+    add("g_mlp_norm", str, "none", "normalization of the MLP generator's hidden layers (PacGAN's 2-D generator: batch)", choices=("none", "batch"))
     add("d_maxout", int, 1, "pieces of each unit of the MLP D (> 1: maxout units, as PacGAN's D with 5; 1: plain units with activation)", min=1)
     add("activation", str, "relu", "hidden activation of both nets", choices=tuple(ACTIVATIONS))
     add("eval_every", int, 250, "steps between evaluations (0: only at the end)", min=0)

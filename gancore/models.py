@@ -11,6 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from gancore.errors import GancoreError
+
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "elu": nn.ELU}
 
 
@@ -49,15 +51,28 @@ class Maxout(nn.Module):
 
 
 class Generator(nn.Module):
-    """An MLP from ``z_dim`` noise to samples of ``shape`` (an int for vectors)."""
+    """An MLP from ``z_dim`` noise to samples of ``shape`` (an int for vectors).
 
-    def __init__(self, z_dim: int, shape: int | tuple[int, ...], width: int, depth: int, activation: str):
+    ``norm="batch"`` batch-normalizes every hidden layer before its activation, as PacGAN's
+    2-D generator does (those layers then need no bias).
+    """
+
+    def __init__(self, z_dim: int, shape: int | tuple[int, ...], width: int, depth: int, activation: str, norm: str = "none"):
         super().__init__()
         self.z_dim = z_dim
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        self.net = mlp([z_dim] + [width] * depth + [math.prod(self.shape)], activation)
+        sizes = [z_dim] + [width] * depth
+        if norm == "batch":
+            layers: list[nn.Module] = []
+            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+                layers += [nn.Linear(fan_in, fan_out, bias=False), nn.BatchNorm1d(fan_out), ACTIVATIONS[activation]()]
+            self.net = nn.Sequential(*layers, nn.Linear(width, math.prod(self.shape)))
+        else:
+            self.net = mlp(sizes + [math.prod(self.shape)], activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.training and len(z) < 2 and any(isinstance(layer, nn.BatchNorm1d) for layer in self.net):
+            raise GancoreError("a batch-normed generator (train.g_mlp_norm=batch) draws at least 2 samples at a time")
         out = self.net(z)
         return out if len(self.shape) == 1 else out.view(len(z), *self.shape)
 
@@ -134,8 +149,6 @@ def network_family(train: SimpleNamespace, shape: tuple[int, ...]) -> str:
     if train.model == "auto":
         return "dcgan" if len(shape) == 3 else "mlp"
     if train.model == "dcgan" and len(shape) != 3:
-        from gancore.errors import GancoreError
-
         raise GancoreError(f"train.model=dcgan needs image data (C, H, W); this data has samples of shape {shape}")
     return train.model
 
@@ -144,7 +157,7 @@ def build_generator(train: SimpleNamespace, shape: tuple[int, ...]) -> nn.Module
     """A freshly initialized G of the configured family and size for samples of ``shape``."""
     if network_family(train, shape) == "dcgan":
         return ConvGenerator(train.z_dim, shape, train.g_width, train.g_norm)
-    return Generator(train.z_dim, shape, train.g_width, train.g_depth, train.activation)
+    return Generator(train.z_dim, shape, train.g_width, train.g_depth, train.activation, train.g_mlp_norm)
 
 
 def build_discriminator(train: SimpleNamespace, shape: tuple[int, ...]) -> Discriminator:

@@ -1,6 +1,8 @@
+import pytest
 import torch
 from torch import nn
 
+from gancore import GancoreError
 from gancore.models import Discriminator, Maxout
 
 
@@ -40,3 +42,26 @@ def test_the_core_option_builds_a_maxout_d_that_pacgan_and_veegan_keep(make_trai
     assert isinstance(first, Maxout) and first.linear.in_features == 2 * 2 and first.pieces == 3
     critic = make_trainer(["veegan"], train={"dataset": "ring8", "d_maxout": 3}).models.D
     assert sum(isinstance(module, Maxout) for module in critic.modules()) == 2
+
+
+def test_a_batch_normed_mlp_generator_normalizes_every_hidden_layer(make_trainer):
+    G = make_trainer(train={"dataset": "ring8", "g_mlp_norm": "batch", "g_depth": 3}).models.G
+    norms = [module for module in G.modules() if isinstance(module, nn.BatchNorm1d)]
+    linears = [module for module in G.modules() if isinstance(module, nn.Linear)]
+    assert len(norms) == 3 and [layer.bias is None for layer in linears] == [True, True, True, False]
+    hidden = G.net[:2](torch.randn(256, 4))  # first layer, batch-normalized: zero mean, unit variance per unit
+    assert torch.allclose(hidden.mean(0), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(hidden.var(0, unbiased=False), torch.ones(16), atol=1e-3)
+    assert G(torch.randn(5, 4)).shape == (5, 2)
+
+
+def test_a_plain_mlp_generator_keeps_its_parameter_names(make_trainer):
+    names = list(make_trainer(train={"dataset": "ring8"}).models.G.state_dict())
+    assert names == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.4.weight", "net.4.bias"]
+
+
+def test_a_batch_normed_generator_refuses_a_single_sample_with_a_clear_error(make_trainer):
+    trainer = make_trainer(train={"dataset": "ring8", "g_mlp_norm": "batch"})
+    with pytest.raises(GancoreError, match="at least 2 samples"):
+        trainer.sample(1)
+    assert trainer.sample(2).shape == (2, 2)
