@@ -1179,7 +1179,7 @@ def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:
         axes[index // columns][index % columns].axis("off")
     extra = "; dotted line: the HQ radius" if any(_load_cached(record, cache).dim > 2 for _, record, _ in panels) else ""
     figure.suptitle(f"{dataset}: samples of each remedy {_steps_phrase(panels)} (orange) over the data (blue){extra}", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_figheight()))  # the suptitle's line, clear of the first titles
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
@@ -1197,13 +1197,24 @@ def _steps_phrase(panels: list[tuple[Row, dict, torch.Tensor]]) -> str:
 
 
 PANEL_NAME_CHARS = 24  # a longer remedy name puts its seed on the next line, clear of the next panel's title
+PANEL_LINE_CHARS = 44  # what one line of a panel's title holds at its font size, clear of the next panel
 
 
 def _panel_name(row: Row, record: dict, panels: list[tuple[Row, dict, torch.Tensor]]) -> str:
     """Remedy and seed; and its steps when the panels' steps differ."""
     steps = "" if len({_panel_steps(r) for _, r, _ in panels}) == 1 else f", {_panel_steps(record)} steps"
     gap = "\n" if len(row.remedy) > PANEL_NAME_CHARS else " "
-    return f"{row.remedy}{gap}(seed {record['seed']}{steps})"
+    return f"{_wrapped(row.remedy)}{gap}(seed {record['seed']}{steps})"
+
+
+def _wrapped(remedy: str) -> str:
+    """``remedy`` in lines of at most PANEL_LINE_CHARS, broken after a ``+`` or ``,`` (names have no spaces)."""
+    lines = [""]
+    for piece in re.findall(r"[^+,]*[+,]?", remedy):
+        if lines[-1] and len(lines[-1]) + len(piece) > PANEL_LINE_CHARS:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
 
 
 def _draw_image_panels(path: Path, dataset: str, panels: list[tuple[Row, dict, torch.Tensor]]) -> bool:

@@ -315,3 +315,12 @@ def test_more_combinations_extend_a_datasets_list_after_the_shared_ones(tmp_path
     presets.write_text(presets.read_text().replace('more_combinations = [["instance-noise"', 'more_combinations = [["instance-noise[]"'))
     with pytest.raises(modes.BenchmarkError, match="more_combinations"):
         modes.load_presets(presets)
+
+
+def test_a_long_remedy_name_is_wrapped_after_plus_or_comma_in_its_picture_title():
+    remedy = "pacgan+train[g_width=400,g_depth=4,batch_size=1024,d_width=200,d_depth=3,d_maxout=5]"
+    lines = modes._wrapped(remedy).split("\n")
+    assert "".join(lines) == remedy
+    assert len(lines) == 3 and all(len(line) <= modes.PANEL_LINE_CHARS for line in lines)
+    assert all(line.endswith(("+", ",")) for line in lines[:-1])
+    assert modes._wrapped("pacgan+unrolled") == "pacgan+unrolled"
