@@ -156,6 +156,7 @@ def network_family(train: SimpleNamespace, shape: tuple[int, ...]) -> str:
 def build_generator(train: SimpleNamespace, shape: tuple[int, ...]) -> nn.Module:
     """A freshly initialized G of the configured family and size for samples of ``shape``."""
     if network_family(train, shape) == "dcgan":
+        _refuse_mlp_option(train, "g_mlp_norm", "none")
         return ConvGenerator(train.z_dim, shape, train.g_width, train.g_norm)
     return Generator(train.z_dim, shape, train.g_width, train.g_depth, train.activation, train.g_mlp_norm)
 
@@ -163,5 +164,12 @@ def build_generator(train: SimpleNamespace, shape: tuple[int, ...]) -> nn.Module
 def build_discriminator(train: SimpleNamespace, shape: tuple[int, ...]) -> Discriminator:
     """A freshly initialized D of the configured family and size for samples of ``shape``."""
     if network_family(train, shape) == "dcgan":
+        _refuse_mlp_option(train, "d_maxout", 1)
         return Discriminator.conv(shape, train.d_width, train.d_norm)
     return Discriminator.mlp(math.prod(shape), train.d_width, train.d_depth, train.activation, train.d_maxout)
+
+
+def _refuse_mlp_option(train: SimpleNamespace, name: str, default: object) -> None:
+    """An MLP-only option set on a run of DCGAN nets is a mistake to report, not to ignore."""
+    if getattr(train, name) != default:
+        raise GancoreError(f"train.{name} shapes the MLP nets, but this run uses the DCGAN nets (images); set train.model=mlp or leave train.{name} out")

@@ -65,3 +65,9 @@ def test_a_batch_normed_generator_refuses_a_single_sample_with_a_clear_error(mak
     with pytest.raises(GancoreError, match="at least 2 samples"):
         trainer.sample(1)
     assert trainer.sample(2).shape == (2, 2)
+
+
+def test_mlp_options_on_a_run_of_dcgan_nets_are_refused(make_trainer):
+    for option, value in (("d_maxout", 5), ("g_mlp_norm", "batch")):
+        with pytest.raises(GancoreError, match=rf"train.{option} shapes the MLP nets.*train.model=mlp"):
+            make_trainer(train={"dataset": "digits", "image_size": 8, "n_train": 64, "g_width": 4, "d_width": 4, option: value})
