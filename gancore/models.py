@@ -62,7 +62,8 @@ class Generator(nn.Module):
         self.z_dim = z_dim
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         sizes = [z_dim] + [width] * depth
-        if norm == "batch":
+        self.batch_normed = norm == "batch"
+        if self.batch_normed:
             layers: list[nn.Module] = []
             for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
                 layers += [nn.Linear(fan_in, fan_out, bias=False), nn.BatchNorm1d(fan_out), ACTIVATIONS[activation]()]
@@ -71,7 +72,7 @@ class Generator(nn.Module):
             self.net = mlp(sizes + [math.prod(self.shape)], activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.training and len(z) < 2 and any(isinstance(layer, nn.BatchNorm1d) for layer in self.net):
+        if self.training and len(z) < 2 and self.batch_normed:
             raise GancoreError("a batch-normed generator (train.g_mlp_norm=batch) draws at least 2 samples at a time")
         out = self.net(z)
         return out if len(self.shape) == 1 else out.view(len(z), *self.shape)
