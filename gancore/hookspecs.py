@@ -64,6 +64,8 @@ How the remedies of ../shared/DESIGN.md map onto these hooks (the design's test)
   ``gancore_build_models`` wraps D so it reads packs of m samples concatenated.
 * **instance-noise** (built in) — ``gancore_discriminator_batch`` adds annealed Gaussian noise
   to everything D sees, in both phases.
+* **ema** — ``gancore_step_end`` (``trylast``) updates a moving average of G's weights;
+  ``gancore_sample`` draws from it; its state is the average.
 """
 from __future__ import annotations
 
