@@ -524,9 +524,7 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
                 diverged = str(exc)
                 summary = {"dataset": trainer.dataset.name, "plugins": list(run.config.plugins), "seed": trainer.train.seed, **trainer.evaluate()}
             wall = time.perf_counter() - started
-            # the samples the final evaluation scored (Trainer.evaluate seeds its generator this way)
-            generator = torch.Generator(trainer.device).manual_seed(trainer.train.seed * 1_000_003 + trainer.step)
-            samples = trainer.sample(trainer.eval_samples, generator)
+            samples = trainer.sample(trainer.eval_samples, trainer.evaluation_generator())  # those the final evaluation scored
         samples = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
         if samples.dim() == 4:  # images: the first samples, as images, for a grid
             view = samples[:PICTURE_IMAGES].detach().float().cpu().numpy()

@@ -297,14 +297,18 @@ class Trainer:
     def eval_samples(self) -> int:
         return self.train.eval_samples or self.dataset.eval_samples
 
+    def evaluation_generator(self, salt: int = 0) -> torch.Generator:
+        """The random generator of the evaluation at the current step: seeded by seed, step and
+        ``salt``, so evaluations never change the training RNG stream and are reproducible. The
+        same salt gives the same draws as the core's evaluation (salt 0)."""
+        return torch.Generator(self.device).manual_seed(self.train.seed * 1_000_003 + self.step + salt)
+
     def evaluate(self) -> dict:
         """Score ``eval_samples`` samples (VEEGAN protocol), log them and return the metrics."""
-        # a generator of its own, seeded by step: evaluation never changes the training RNG stream
-        generator = torch.Generator(self.device).manual_seed(self.train.seed * 1_000_003 + self.step)
         metrics: dict = {"step": self.step}
         metrics.update({name: round(float(value), 6) for name, value in self.last_logs.items()})
         if self.dataset.modes is not None or self.dataset.scorer is not None:
-            metrics.update(self.dataset.score(self.sample(self.eval_samples, generator)))
+            metrics.update(self.dataset.score(self.sample(self.eval_samples, self.evaluation_generator())))
         self.hook.gancore_evaluate(trainer=self, step=self.step, metrics=metrics)
         self.history.append(metrics)
         if self.output:

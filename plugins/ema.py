@@ -8,7 +8,8 @@ the game: G and D train exactly as without the plugin; only what is sampled chan
     θ̄ ← θ after step ``start`` (G's weights and buffers)
     after every later step t:  θ̄ ← β θ̄ + (1 − β) θ_t        (β = ``decay``)
     evaluations, ``gancore eval``, ``gancore sample`` and plots draw G_θ̄(z); before ``start``
-    they draw the live G(z)
+    they draw the live G(z). Evaluations also score the live G on the same noise, as
+    ``live_modes_captured``, ``live_hq_percent``, ... (every number the dataset's score has).
 
 The average's horizon is about 1 / (1 − β) steps (1000 for the default 0.999). Buffers (batch
 norm's running statistics) are copied from the live G, not averaged. The update runs last in
@@ -68,6 +69,16 @@ class Ema:
             return None
         self.average.train(trainer.models.G.training)  # batch norm behaves as in the live G
         return self.average(torch.randn(n, trainer.train.z_dim, device=trainer.device, generator=generator))
+
+    @hookimpl
+    def gancore_evaluate(self, trainer, metrics):
+        if self.average is None:
+            return
+        # the live G scored on the evaluation's own noise: what averaging changed
+        z = torch.randn(trainer.eval_samples, trainer.train.z_dim, device=trainer.device, generator=trainer.evaluation_generator())
+        with torch.no_grad():
+            scores = trainer.dataset.score(trainer.models.G(z))
+        metrics.update({f"live_{name}": value for name, value in scores.items() if isinstance(value, (int, float))})
 
     @hookimpl
     def gancore_state_dict(self):

@@ -187,8 +187,7 @@ class Veegan:
 
     @hookimpl
     def gancore_evaluate(self, trainer, step, metrics):
-        # a generator of its own: evaluation never changes the training RNG stream
-        generator = torch.Generator(trainer.device).manual_seed(trainer.train.seed * 1_000_003 + step + 7)
+        generator = trainer.evaluation_generator(salt=7)  # noise of its own, not the scored samples
         n = getattr(trainer, "eval_samples", None) or trainer.train.eval_samples or 2500
         z = torch.randn(n, trainer.train.z_dim, device=trainer.device, generator=generator)
         with torch.no_grad():

@@ -92,3 +92,16 @@ def test_a_state_from_before_start_drops_a_later_average(make_trainer):
 def test_a_decay_of_one_or_more_is_a_one_line_error(make_trainer, decay):
     with pytest.raises(GancoreError, match=rf"ema.decay={decay:g} must be below 1"):
         make_trainer(["ema"], options={"ema": {"decay": decay}})
+
+
+def test_evaluations_also_score_the_live_generator_on_the_same_noise(make_trainer):
+    trainer = run(make_trainer(["ema"], options={"ema": {"decay": 0.9}}), 5)
+    # a score that tells the samples apart exactly (a tiny run captures no mode of ring8)
+    trainer.dataset.score = lambda samples: {"mean": float(samples.double().mean()), "per_mode": [1, 2]}
+    metrics = trainer.evaluate()
+    z = torch.randn(trainer.eval_samples, 4, generator=trainer.evaluation_generator())
+    with torch.no_grad():
+        live, averaged = trainer.models.G(z), trainer.run.manager.get_plugin("ema").average(z)
+    assert metrics["live_mean"] == float(live.double().mean()) and metrics["mean"] == float(averaged.double().mean())
+    assert metrics["live_mean"] != metrics["mean"]
+    assert "live_per_mode" not in metrics  # lists stay the averaged G's only
