@@ -105,3 +105,11 @@ def test_evaluations_also_score_the_live_generator_on_the_same_noise(make_traine
     assert metrics["live_mean"] == float(live.double().mean()) and metrics["mean"] == float(averaged.double().mean())
     assert metrics["live_mean"] != metrics["mean"]
     assert "live_per_mode" not in metrics  # lists stay the averaged G's only
+
+
+def test_batch_norm_statistics_are_copied_from_the_live_generator_not_averaged(make_trainer):
+    trainer = run(make_trainer(["ema"], train={"g_mlp_norm": "batch"}, options={"ema": {"decay": 0.5}}), 4)
+    average = trainer.run.manager.get_plugin("ema").average
+    buffers = [(a, b) for a, b in zip(average.buffers(), trainer.models.G.buffers()) if a.is_floating_point()]
+    assert buffers and all(torch.equal(a, b) for a, b in buffers)
+    assert not all(torch.equal(a, b) for a, b in zip(average.parameters(), trainer.models.G.parameters()))
