@@ -151,8 +151,9 @@ class Trainer:
             raise GancoreError(f"learning-rate decay span must satisfy 0 <= start < end, got {start}..{end}")
         self.lr_decay_span = (start, end)
 
-    def noise(self, n: int | None = None) -> torch.Tensor:
-        return torch.randn(n or self.train.batch_size, self.train.z_dim, device=self.device, generator=self.generator)
+    def noise(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` (default: a batch) draws of G's input noise, from ``generator`` (default: the training stream)."""
+        return torch.randn(self.train.batch_size if n is None else n, self.train.z_dim, device=self.device, generator=generator or self.generator)
 
     def real_batch(self, n: int | None = None) -> torch.Tensor:
         return self.dataset.sample(n or self.train.batch_size, self.generator, self.data_weights)
@@ -163,8 +164,7 @@ class Trainer:
         generator = generator or self.generator
         samples = self.hook.gancore_sample(trainer=self, n=n, generator=generator)
         if samples is None:
-            z = torch.randn(n, self.train.z_dim, device=self.device, generator=generator)
-            samples = self.models.G(z)
+            samples = self.models.G(self.noise(n, generator))
         return samples
 
     # --- the step --------------------------------------------------------------------------------

@@ -215,16 +215,16 @@ class AdaGan:
     @hookimpl
     def gancore_sample(self, trainer, n, generator):
         generators, weights = self.components(trainer)
-        z_dim, device = trainer.train.z_dim, trainer.device
+        device = trainer.device
         if len(generators) == 1:  # the same draws as the core's G(z)
-            return generators[0](torch.randn(n, z_dim, device=device, generator=generator))
+            return generators[0](trainer.noise(n, generator))
         which = choose_components(weights, n, generator).to(device)
         samples = torch.empty(n, *trainer.dataset.points.shape[1:], device=device)
         for index, component in enumerate(generators):
             chosen = which == index
             count = int(chosen.sum())
             if count:
-                samples[chosen] = component(torch.randn(count, z_dim, device=device, generator=generator)).to(samples.dtype)
+                samples[chosen] = component(trainer.noise(count, generator)).to(samples.dtype)
         return samples
 
     @hookimpl

@@ -68,17 +68,16 @@ class Ema:
         if self.average is None:
             return None
         self.average.train(trainer.models.G.training)  # batch norm behaves as in the live G
-        return self.average(torch.randn(n, trainer.train.z_dim, device=trainer.device, generator=generator))
+        return self.average(trainer.noise(n, generator))
 
     @hookimpl
     def gancore_evaluate(self, trainer, metrics):
         if self.average is None:
             return
         # the live G scored on the evaluation's own noise: what averaging changed
-        z = torch.randn(trainer.eval_samples, trainer.train.z_dim, device=trainer.device, generator=trainer.evaluation_generator())
         with torch.no_grad():
-            scores = trainer.dataset.score(trainer.models.G(z))
-        metrics.update({f"live_{name}": value for name, value in scores.items() if isinstance(value, (int, float))})
+            scores = trainer.dataset.score(trainer.models.G(trainer.noise(trainer.eval_samples, trainer.evaluation_generator())))
+        metrics.update({f"live_{name}": value for name, value in scores.items() if value is None or isinstance(value, (int, float))})
 
     @hookimpl
     def gancore_state_dict(self):
