@@ -3,7 +3,6 @@ missed mode, and state: resuming from any checkpoint equals the uninterrupted ru
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from checkpoint_helpers import through_disk
 from gancore import GancoreError, hookimpl
 from gancore.cli.main import main
 from gancore.plugins.adagan import adagan_data_weights
@@ -136,13 +136,6 @@ class RecordingRunDirectory(RunDirectory):
     def save_checkpoint(self, step, state, keep):
         self.states.append(copy.deepcopy(state))
         return super().save_checkpoint(step, state, keep)
-
-
-def through_disk(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)  # what a checkpoint may hold
 
 
 def test_resuming_from_every_checkpoint_equals_the_uninterrupted_run(make_trainer, tmp_path):

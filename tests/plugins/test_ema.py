@@ -1,10 +1,9 @@
 """EMA: the average follows its recursion (also across replay's swaps), training is unchanged,
 samples come from the average, and a resumed run continues identically."""
-import io
-
 import pytest
 import torch
 
+from checkpoint_helpers import through_disk
 from gancore import GancoreError, hookimpl
 
 
@@ -68,11 +67,8 @@ def test_checkpoint_and_resume_continue_identically(make_trainer):
     options = {"ema": {"decay": 0.8, "start": 2}}
     straight = run(make_trainer(["ema"], options=options), 8)
     first = run(make_trainer(["ema"], options=options), 4)
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
     second = make_trainer(["ema"], options=options)
-    second.load_state_dict(torch.load(buffer, weights_only=True))
+    second.load_state_dict(through_disk(first.state_dict()))
     run(second, 4)
     a, b = (t.run.manager.get_plugin("ema").average for t in (straight, second))
     for x, y in zip(a.parameters(), b.parameters()):

@@ -1,9 +1,8 @@
-import io
-
 import pytest
 import torch
 from torch import nn
 
+from checkpoint_helpers import through_disk
 from gancore import GancoreError, hookimpl
 
 
@@ -134,11 +133,8 @@ def test_checkpoint_and_resume_continue_identically(make_trainer):
     straight = run(make_trainer(["replay"], options=options), 14)
     first = run(make_trainer(["replay"], options=options), 7)
     assert first.run.manager.get_plugin("replay").active is not None
-    buffer = io.BytesIO()
-    torch.save(first.state_dict(), buffer)
-    buffer.seek(0)
     second = make_trainer(["replay"], options=options)
-    second.load_state_dict(torch.load(buffer, weights_only=True))
+    second.load_state_dict(through_disk(first.state_dict()))
     run(second, 7)
     for player in ("G", "D"):
         assert same(list(straight.models.parameters(player)), list(second.models.parameters(player)))
