@@ -188,8 +188,7 @@ class Veegan:
     @hookimpl
     def gancore_evaluate(self, trainer, step, metrics):
         generator = trainer.evaluation_generator(salt=7)  # noise of its own, not the scored samples
-        n = getattr(trainer, "eval_samples", None) or trainer.train.eval_samples or 2500
-        z = trainer.noise(n, generator)
+        z = trainer.noise(trainer.eval_samples, generator)
         with torch.no_grad():
             error = reconstruction_error(z, trainer.models["F"](trainer.models.G(z)))
         metrics["reconstruction_error"] = round(float(error), 6)
