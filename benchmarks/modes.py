@@ -614,9 +614,9 @@ def estimate(catalog: Catalog, pending: list[Task], stored: list[dict], probe: b
     return notes
 
 
-def makespan(seconds: list[float], workers: int) -> float:
-    """Elapsed time of running jobs longest first on ``workers`` workers (the order the pool gets them)."""
-    finish = [WORKER_START_SECONDS] * max(1, min(workers, len(seconds)))
+def makespan(seconds: list[float], lanes: int) -> float:
+    """Elapsed time of running jobs longest first, ``lanes`` at a time (the order the pool gets them)."""
+    finish = [WORKER_START_SECONDS] * max(1, min(lanes, len(seconds)))
     for job in sorted(seconds, reverse=True):
         heapq.heappush(finish, heapq.heappop(finish) + job)
     return max(finish) if seconds else 0.0
@@ -1401,7 +1401,9 @@ def _print_estimate(pending: list[Task], workers: int, notes: list[str]) -> None
         return
     unknown = len(pending) - len(known)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"  estimated time: {duration(makespan(known, workers))} on {workers} workers "
+    # the presets give each run one thread: workers beyond the CPUs share them and add no throughput
+    lanes = min(workers, os.cpu_count() or workers)
+    print(f"  estimated time: {duration(makespan(known, lanes))} on {workers} workers "
           f"(sum of run times {duration(sum(known))}, from timed steps x steps"
           + (f"; {unknown} runs not estimated" if unknown else "")
           + f"; timed at load average {load:.1f} on {os.cpu_count()} CPUs: a busier machine times slower)")

@@ -324,3 +324,14 @@ def test_a_long_remedy_name_is_wrapped_after_plus_or_comma_in_its_picture_title(
     assert len(lines) == 3 and all(len(line) <= modes.PANEL_LINE_CHARS for line in lines)
     assert all(line.endswith(("+", ",")) for line in lines[:-1])
     assert modes._wrapped("pacgan+unrolled") == "pacgan+unrolled"
+
+
+def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, capsys, monkeypatch):
+    def task(seed):
+        return modes.Task("grid25", "pacgan", ("pacgan",), seed, {modes.CORE: {"steps": 100}},
+                          tmp_path / f"seed{seed}.json", estimate=1800.0)
+
+    monkeypatch.setattr(modes.os, "cpu_count", lambda: 2)
+    modes._print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
+    # four 30-minute runs on 2 CPUs take an hour whether 2 or 4 workers run them
+    assert "estimated time: 1 h 00 min on 4 workers" in capsys.readouterr().out
