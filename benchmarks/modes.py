@@ -1072,7 +1072,11 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
         per_seed = sum(1 for r in best.records
                        if goal.met(n_modes, r["metrics"]["modes_captured"], r["metrics"].get("hq_percent"), r["metrics"].get("reverse_kl")))
         if meets:
-            notes.append(f"- Goal ({target}) **met** by: {', '.join(row.remedy for row in meets)}.")
+            # a row with fewer seeds than the others has met it on a smaller sample: say so
+            full = max(len(row.records) for row in rows)
+            named = [row.remedy + ("" if len(row.records) == full else f" (on {len(row.records)} of {full} seeds only)")
+                     for row in meets]
+            notes.append(f"- Goal ({target}) **met** by: {', '.join(named)}.")
         else:
             misses = []
             needed = n_modes if goal.modes is None else min(goal.modes, n_modes)

@@ -335,3 +335,14 @@ def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, c
     modes._print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
     # four 30-minute runs on 2 CPUs take an hour whether 2 or 4 workers run them
     assert "estimated time: 1 h 00 min on 4 workers" in capsys.readouterr().out
+
+
+def test_a_goal_met_on_fewer_seeds_than_the_other_rows_says_on_how_many():
+    def row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
+        records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
+        return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
+
+    rows = [row("vanilla", [(6, 95.0), (7, 95.0), (8, 98.0)]), row("pacgan", [(8, 98.0), (8, 97.5), (8, 99.0)]),
+            row("adagan", [(8, 98.0), (8, 99.0)])]
+    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, []))
+    assert "- Goal (all 8 modes with at least 97% HQ) **met** by: pacgan, adagan (on 2 of 3 seeds only)." in notes
