@@ -67,6 +67,12 @@ image_size = 8
 """
 
 
+def ring8_row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
+    """A report row of ring8 runs with these (modes, HQ %) per seed."""
+    records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
+    return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
+
+
 def published_ring8_rows() -> int:
     return sum(1 for row in modes.load_published() if "ring8" in row)
 
@@ -269,13 +275,9 @@ def test_metrics_a_plugin_adds_to_the_evaluation_are_reported_per_remedy():
 
 
 def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_those_options():
-    def row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
-        records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
-        return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
-
     big = "train[g_width=400]"
-    rows = [row("vanilla", [(6, 95.0), (6, 95.0)]), row("pacgan", [(8, 90.0), (8, 92.0)]),
-            row(big, [(4, 99.0), (4, 97.0)]), row(f"pacgan+{big}", [(8, 98.0), (8, 99.0)])]
+    rows = [ring8_row("vanilla", [(6, 95.0), (6, 95.0)]), ring8_row("pacgan", [(8, 90.0), (8, 92.0)]),
+            ring8_row(big, [(4, 99.0), (4, 97.0)]), ring8_row(f"pacgan+{big}", [(8, 98.0), (8, 99.0)])]
     published = [{"method": "PacGAN2", "source": "PacGAN Table 1", "remedy": ["pacgan", f"pacgan+{big}"], "ring8": [7.9, 95.6]}]
     notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
     # its own vanilla, not the 2x128 one
@@ -286,12 +288,8 @@ def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_thos
 
 
 def test_the_notes_name_the_remedies_that_beat_each_published_row_on_both_columns():
-    def row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
-        records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
-        return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
-
-    rows = [row("vanilla", [(6, 95.0), (7, 95.0)]), row("pacgan", [(8, 60.0), (8, 50.0)]),
-            row("adagan", [(8, 40.0), (8, 70.0)]), row("veegan", [(8, 20.0), (7, 99.0)])]
+    rows = [ring8_row("vanilla", [(6, 95.0), (7, 95.0)]), ring8_row("pacgan", [(8, 60.0), (8, 50.0)]),
+            ring8_row("adagan", [(8, 40.0), (8, 70.0)]), ring8_row("veegan", [(8, 20.0), (7, 99.0)])]
     published = [{"method": "VEEGAN", "source": "VEEGAN Table 1", "ring8": [8, 52.9]},
                  {"method": "Unrolled", "source": "VEEGAN Table 1", "ring8": [6.5, 35.6]},
                  {"method": "GAN", "source": "VEEGAN Table 1", "ring8": [1, 99.3]}]
@@ -338,11 +336,7 @@ def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, c
 
 
 def test_a_goal_met_on_fewer_seeds_than_the_other_rows_says_on_how_many():
-    def row(remedy: str, modes_hq: list[tuple[int, float]]) -> "modes.Row":
-        records = [{"seed": seed, "metrics": {"modes_captured": m, "hq_percent": hq, "n_modes": 8}} for seed, (m, hq) in enumerate(modes_hq)]
-        return modes.Row(remedy, modes.plugin_names(modes.parse_remedy(remedy)), records)
-
-    rows = [row("vanilla", [(6, 95.0), (7, 95.0), (8, 98.0)]), row("pacgan", [(8, 98.0), (8, 97.5), (8, 99.0)]),
-            row("adagan", [(8, 98.0), (8, 99.0)])]
+    rows = [ring8_row("vanilla", [(6, 95.0), (7, 95.0), (8, 98.0)]), ring8_row("pacgan", [(8, 98.0), (8, 97.5), (8, 99.0)]),
+            ring8_row("adagan", [(8, 98.0), (8, 99.0)])]
     notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, []))
     assert "- Goal (all 8 modes with at least 97% HQ) **met** by: pacgan, adagan (on 2 of 3 seeds only)." in notes
