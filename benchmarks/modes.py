@@ -460,6 +460,20 @@ def is_done(task: Task) -> bool:
     return bool(record) and record.get("status") == "ok" and record.get("request") == normalized(task.values) and task.samples.is_file()
 
 
+def unstored_notes(tasks: list[Task]) -> list[str]:
+    """One note per row of the plan with seeds not stored, so that a missing or thinner row says so."""
+    planned: dict[tuple[str, str], int] = {}
+    missing: dict[tuple[str, str], list[int]] = {}
+    for task in tasks:
+        row = (task.dataset, task.remedy)
+        planned[row] = planned.get(row, 0) + 1
+        if not is_done(task):
+            missing.setdefault(row, []).append(task.seed)
+    return [f"not run yet: {dataset} {remedy}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, sorted(seeds)))} "
+            f"({'no row' if len(seeds) == planned[(dataset, remedy)] else 'its row has the other seeds'})"
+            for (dataset, remedy), seeds in missing.items()]
+
+
 def stored_records(out: Path) -> list[dict]:
     records = []
     for path in sorted((out / "runs").glob("*/*/seed*.json")):
@@ -1385,7 +1399,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         _log_invocation(out, argv, workers, len(records), elapsed)
     full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
     goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
-    report = write_report(out, full, goals, argv, [f"skipped: {note}" for note in plan.skipped])
+    notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks)
+    report = write_report(out, full, goals, argv, notes)
     failed = sum(1 for record in records if record["status"] != "ok")
     print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {_relative(report)}, results.json and the pictures")
     if interrupted:

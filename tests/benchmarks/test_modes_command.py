@@ -115,7 +115,9 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     (out / "RESULTS.md").unlink()
     assert modes.main([*argv, "--report-only", "--plugins", "vanilla,instance-noise,pacgan"]) == 0
     assert "report only: 1 runs of the plan are not stored" in capsys.readouterr().out
-    assert "\n| vanilla | " in (out / "RESULTS.md").read_text() and not (out / "runs" / "ring8" / "pacgan").exists()
+    report = (out / "RESULTS.md").read_text()
+    assert "\n| vanilla | " in report and not (out / "runs" / "ring8" / "pacgan").exists()
+    assert "- not run yet: ring8 pacgan, seed 0 (no row)" in report
 
     # reproducible: the same runs in this process give the numbers the workers gave
     again = tmp_path / "again"
@@ -340,3 +342,10 @@ def test_a_goal_met_on_fewer_seeds_than_the_other_rows_says_on_how_many():
             ring8_row("adagan", [(8, 98.0), (8, 99.0)])]
     notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, []))
     assert "- Goal (all 8 modes with at least 97% HQ) **met** by: pacgan, adagan (on 2 of 3 seeds only)." in notes
+
+
+def test_the_report_notes_name_the_planned_seeds_not_stored(tmp_path, monkeypatch):
+    tasks = [modes.Task("grid25", remedy, (remedy,), seed, {}, tmp_path / f"{remedy}{seed}.json") for remedy in ("ema", "pacgan") for seed in range(3)]
+    monkeypatch.setattr(modes, "is_done", lambda task: task.remedy == "pacgan" and task.seed != 2)
+    assert modes.unstored_notes(tasks) == ["not run yet: grid25 ema, seeds 0,1,2 (no row)",
+                                           "not run yet: grid25 pacgan, seed 2 (its row has the other seeds)"]
