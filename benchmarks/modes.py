@@ -1371,17 +1371,16 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     catalog = Catalog.installed()
     plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds))
-    pending = [task for task in plan.tasks if not is_done(task)]
-    if args.report_only:
-        if pending:
-            print(f"  report only: {len(pending)} runs of the plan are not stored; they are not run and have no row")
-        pending = []
+    unstored = [task for task in plan.tasks if not is_done(task)]
+    pending = [] if args.report_only else unstored
     stored = stored_records(out)
     workers = max(1, min(args.workers, len(pending) or 1))
 
     shape = " + ".join(f"{name} {len(remedies)} remedies" for name, remedies in plan.remedies.items())
     print(f"{COMMAND}: {len(plan.tasks)} runs ({shape}; seeds {','.join(map(str, _seeds_of(plan)))}), "
-          f"{len(plan.tasks) - len(pending)} already stored in {_relative(out / 'runs')}/, {len(pending)} to run on {workers} workers")
+          f"{len(plan.tasks) - len(unstored)} already stored in {_relative(out / 'runs')}/, "
+          + (f"{len(unstored)} not stored (report only: not run, listed in the report's notes)" if args.report_only
+             else f"{len(pending)} to run on {workers} workers"))
     for note in plan.skipped:
         print(f"  skipped: {note}")
     for name in plan.not_default:

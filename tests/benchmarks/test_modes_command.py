@@ -114,7 +114,8 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     # --report-only rewrites the report from the stored runs and runs nothing, even what is not stored
     (out / "RESULTS.md").unlink()
     assert modes.main([*argv, "--report-only", "--plugins", "vanilla,instance-noise,pacgan"]) == 0
-    assert "report only: 1 runs of the plan are not stored" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 already stored in " in printed and "1 not stored (report only: not run, listed in the report's notes)" in printed
     report = (out / "RESULTS.md").read_text()
     assert "\n| vanilla | " in report and not (out / "runs" / "ring8" / "pacgan").exists()
     assert "- not run yet: ring8 pacgan, seed 0 (no row)" in report
