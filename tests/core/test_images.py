@@ -14,6 +14,7 @@ from gancore.images import (
     image_dataset,
     load_image_folder,
     stacked_digits,
+    train_digit_classifier,
 )
 from gancore.models import ConvGenerator, Critique, Discriminator
 
@@ -36,6 +37,16 @@ def test_classifier_reaches_97_percent_on_held_out_digits():
     # the cache is private to this test session, so this is a fresh training
     _, accuracy = digit_classifier()
     assert accuracy >= 0.97
+
+
+def test_classifier_training_ignores_the_callers_thread_count_and_restores_it():
+    weights = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        model, _ = train_digit_classifier(epochs=2)
+        assert torch.get_num_threads() == threads
+        weights[threads] = torch.cat([p.flatten() for p in model.parameters()])
+    assert torch.equal(weights[1], weights[2])
 
 
 def test_real_stacked_digits_cover_all_1000_modes_and_a_collapsed_generator_one():
