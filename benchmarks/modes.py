@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from gancore import __version__
 from gancore.checkpoint import atomic_write
-from gancore.config import CORE
+from gancore.config import CORE, core_options
 from gancore.data import DATASET_NAMES, Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.manager import ENTRY_POINT_GROUP, Catalog
@@ -824,6 +824,9 @@ def _settings_lines(rows: list[Row]) -> tuple[str, list[str]]:
             request = {k: v for k, v in record["request"].get(CORE, {}).items() if k not in ("seed", "dataset")}
             shared_request = request if shared_request is None else {k: v for k, v in shared_request.items() if request.get(k) == v}
     base = next((flat(row.records[0]) for row in rows if row.remedy == VANILLA), {})
+    if base:
+        # a core option added after vanilla's runs had, for them, the value it defaults to
+        base = {**{f"{CORE}.{name}": normalized(option.default) for name, option in core_options().options.items()}, **base}
     lines = []
     for row in rows:
         if row.remedy != VANILLA:

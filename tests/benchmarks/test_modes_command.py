@@ -350,3 +350,14 @@ def test_the_report_notes_name_the_planned_seeds_not_stored(tmp_path, monkeypatc
     monkeypatch.setattr(modes, "is_done", lambda task: task.remedy == "pacgan" and task.seed != 2)
     assert modes.unstored_notes(tasks) == ["not run yet: grid25 ema, seeds 0,1,2 (no row)",
                                            "not run yet: grid25 pacgan, seed 2 (its row has the other seeds)"]
+
+
+def test_a_core_option_newer_than_vanillas_runs_is_not_reported_as_a_change_at_its_default():
+    def record(core, plugins):
+        return {"seed": 0, "request": {"train": core}, "settings": {"train": core, "plugins": plugins},
+                "metrics": {"modes_captured": 8, "hq_percent": 95.0, "n_modes": 8}}
+
+    rows = [modes.Row("vanilla", (), [record({"steps": 10}, {})]),  # stored before d_maxout existed
+            modes.Row("ema", ("ema",), [record({"steps": 10, "d_maxout": 1}, {"ema": {"decay": 0.999}})]),
+            modes.Row("train[d_maxout=5]", (), [record({"steps": 10, "d_maxout": 5}, {})])]
+    assert modes._settings_lines(rows)[1] == ["- ema: ema.decay=0.999", "- train[d_maxout=5]: train.d_maxout=5"]
