@@ -40,12 +40,15 @@ def test_classifier_reaches_97_percent_on_held_out_digits():
 
 
 def test_classifier_training_ignores_the_callers_thread_count_and_restores_it():
-    weights = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        model, _ = train_digit_classifier(epochs=2)
-        assert torch.get_num_threads() == threads
-        weights[threads] = torch.cat([p.flatten() for p in model.parameters()])
+    weights, before = {}, torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model, _ = train_digit_classifier(epochs=2)
+            assert torch.get_num_threads() == threads
+            weights[threads] = torch.cat([p.flatten() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(before)  # later tests keep the session's thread count
     assert torch.equal(weights[1], weights[2])
 
 
