@@ -460,15 +460,14 @@ def is_done(task: Task) -> bool:
     return bool(record) and record.get("status") == "ok" and record.get("request") == normalized(task.values) and task.samples.is_file()
 
 
-def unstored_notes(tasks: list[Task]) -> list[str]:
-    """One note per row of the plan with seeds not stored, so that a missing or thinner row says so."""
+def unstored_notes(tasks: list[Task], unstored: list[Task]) -> list[str]:
+    """One note per row of the plan (``tasks``) with seeds in ``unstored``, so that a missing or thinner row says so."""
     planned: dict[tuple[str, str], int] = {}
-    missing: dict[tuple[str, str], list[int]] = {}
     for task in tasks:
-        row = (task.dataset, task.remedy)
-        planned[row] = planned.get(row, 0) + 1
-        if not is_done(task):
-            missing.setdefault(row, []).append(task.seed)
+        planned[(task.dataset, task.remedy)] = planned.get((task.dataset, task.remedy), 0) + 1
+    missing: dict[tuple[str, str], list[int]] = {}
+    for task in unstored:
+        missing.setdefault((task.dataset, task.remedy), []).append(task.seed)
     return [f"not run yet: {dataset} {remedy}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, sorted(seeds)))} "
             f"({'no row' if len(seeds) == planned[(dataset, remedy)] else 'its row has the other seeds'})"
             for (dataset, remedy), seeds in missing.items()]
@@ -1401,7 +1400,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         _log_invocation(out, argv, workers, len(records), elapsed)
     full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
     goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
-    notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks)
+    still_unstored = [task for task in unstored if not is_done(task)]  # only these can have failed or been interrupted
+    notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks, still_unstored)
     report = write_report(out, full, goals, argv, notes)
     failed = sum(1 for record in records if record["status"] != "ok")
     print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {_relative(report)}, results.json and the pictures")
