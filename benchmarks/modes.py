@@ -44,6 +44,7 @@ from gancore.data import DATASET_NAMES, Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.manager import ENTRY_POINT_GROUP, Catalog
 from gancore.metrics import nearest_modes
+from gancore.provenance import build_info
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -524,7 +525,7 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
         _WORKER_CATALOG = _WORKER_CATALOG or Catalog.installed()
         catalog = _WORKER_CATALOG
     base = {"dataset": task.dataset, "remedy": task.remedy, "plugins": list(task.plugins), "seed": task.seed,
-            "request": normalized(task.values), "gancore": __version__}
+            "request": normalized(task.values), "gancore": __version__, "build": build_info()}
     started = time.perf_counter()
     try:
         run = catalog.resolve(list(task.plugins), task.values)
@@ -997,7 +998,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     write_text(out / "RESULTS.md", "\n".join(lines))
 
     results = [
-        {key: record[key] for key in ("dataset", "remedy", "plugins", "seed", "request", "settings", "metrics", "wall_seconds", "gancore")}
+        {key: record.get(key) for key in ("dataset", "remedy", "plugins", "seed", "request", "settings", "metrics", "wall_seconds", "gancore", "build")}
         for record in sorted(ok, key=lambda r: (datasets.index(r["dataset"]), _order(r["remedy"]), r["seed"]))
     ]
     write_text(out / "results.json", dump_json(results))
