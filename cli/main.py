@@ -1,93 +1,117 @@
 """The ``gancore`` command. Thin: parse, call the core, print. Errors are one line, exit 2."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import click
 import numpy as np
 
 from gancore import __version__
-from gancore.config import CORE, read_toml
-from gancore.errors import GancoreError
+from gancore.config import CORE, MAX_SEED, read_toml
+from gancore.errors import GancoreError, Interrupted, one_line
 from gancore.manager import Catalog
+from gancore.memory import is_out_of_memory
 from gancore.options import parse_assignments
 
 def _catalog(ctx: click.Context) -> Catalog:
     return ctx.find_root().obj
 
 
+class _Debug:
+    """Whether an error prints its full traceback (``gancore --debug`` or ``GANCORE_DEBUG=1``)."""
+
+    requested = False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gancore")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback too (also GANCORE_DEBUG=1); for plugin authors.")
+def cli(debug: bool) -> None:
     """Train GANs that do not mode-collapse: every remedy is a plugin."""
+    _Debug.requested = _Debug.requested or debug
 
 
 @cli.command()
 @click.option("--dataset", help="Built-in dataset: bimodal1d, ring8, grid25, hd1200.  [default: ring8]")
-@click.option("--data", type=click.Path(dir_okay=False), help="Train on points from a .npy/.npz/.csv file.")
+@click.option("--data", type=click.Path(), help="Train on points from a .npy/.npz/.csv file, or on a folder of PNG/JPEG images.")
 @click.option("--steps", type=int, help="Training steps.  [default: 2000]")
 @click.option("--batch-size", "batch_size", type=int, help="Samples per batch.  [default: 512]")
-@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Random seed.  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
 @click.option("--plugin", "-p", "plugins", multiple=True, help="Enable a plugin (repeatable, applied in order).")
 @click.option("--set", "-s", "assignments", multiple=True, metavar="NAME.OPTION=VALUE", help="Set an option of the core (train.*) or of a plugin (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with [train] and [plugins.NAME] tables.")
-@click.option("--out", "out", type=click.Path(file_okay=False), default="runs", show_default=True, help="Directory where run directories are created.")
-@click.option("--name", help="Run directory name.  [default: DATASET-PLUGINS-sSEED]")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Directory where run directories are created.  [default: runs]")
+@click.option("--name", help="Run directory name (one folder name).  [default: DATASET-PLUGINS-sSEED]")
 @click.option("--on-nonfinite", "on_nonfinite", type=click.Choice(["stop", "rollback"]), help="On a NaN/Inf loss: stop, or reload the last checkpoint with halved learning rates.  [default: stop]")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this run directory from its last checkpoint (with --steps: a new total).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the result line.")
 @click.pass_context
 def train(ctx, config_file, plugins, assignments, out, name, quiet, resume, **flags):
     """Train a GAN and write a run directory (config, metrics, checkpoints, pictures)."""
-    from gancore.rundir import RunDirectory, resume_run
+    from gancore.rundir import RunDirectory, check_run_name, default_run_name, resume_run
     from gancore.trainer import Trainer
 
     if resume:
         others = [flag for flag, value in flags.items() if value is not None and flag != "steps"]
-        if others or plugins or assignments or config_file or name:
-            raise GancoreError("--resume continues a run with its own settings; give only --steps (a new total) and --quiet")
-        trainer = resume_run(Path(resume), _catalog(ctx), not quiet, flags["steps"])
-        _fit(trainer)
+        if others or plugins or assignments or config_file or name or out:
+            raise GancoreError("--resume continues a run with its own settings and directory; give only --steps (a new total) and --quiet")
+        _fit(resume_run(Path(resume), _catalog(ctx), not quiet, flags["steps"]), new_run=False)
         return
+    if name is not None:
+        check_run_name(name)
     file_data = read_toml(config_file) if config_file else {}
     values: dict[str, dict] = {CORE: dict(file_data.get(CORE, {}))}
     for plugin, options in file_data.get("plugins", {}).items():
         values[plugin] = dict(options)
-    for owner, options in parse_assignments(assignments).items():
+    given = parse_assignments(assignments)
+    for key, value in flags.items():
+        if value is not None and key in given.get(CORE, {}):
+            raise GancoreError(f"train.{key} is given twice, by --{key.replace('_', '-')} and by --set train.{key}; give one")
+    for owner, options in given.items():
         values.setdefault(owner, {}).update(options)
     values[CORE].update({key: value for key, value in flags.items() if value is not None})
     enabled = [*file_data.get("plugins", {}), *plugins]
     run = _catalog(ctx).resolve(enabled, values)
-    train = run.config.train
-    trainer_name = name or f"{Path(train.data).stem if train.data else train.dataset}-{'+'.join(run.config.plugins) or 'vanilla'}-s{train.seed}"
     with run.reporting_plugin_faults():
         trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
-    trainer.output = RunDirectory.create(Path(out), trainer_name, run.config)
-    _fit(trainer)
+    trainer.output = RunDirectory.create(Path(out or "runs"), name or default_run_name(run.config), run)
+    _fit(trainer, new_run=True)
 
 
-def _fit(trainer) -> None:
-    """Fit with SIGINT/SIGTERM turned into a checkpoint and a clean stop (resumable)."""
+def _fit(trainer, new_run: bool) -> None:
+    """Fit with SIGINT/SIGTERM turned into a checkpoint and a clean stop (resumable). A new run
+    that fails before its first checkpoint leaves no run directory behind."""
     from gancore.trainer import TrainingInterrupted
 
     def request_stop(signum, frame):
         trainer.stop_requested = signal.Signals(signum).name
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        if trainer.finishing:  # the last step's checkpoint is written already
+            raise TrainingInterrupted(trainer.step)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with trainer.run.reporting_plugin_faults():
             summary = trainer.fit()
     except TrainingInterrupted as stop:
-        raise GancoreError(
-            f"{trainer.stop_requested} at step {stop.step}: checkpoint written; continue with gancore train --resume {trainer.output.path}"
+        raise Interrupted(
+            f"{trainer.stop_requested} at step {stop.step}: checkpoint written; continue with gancore train --resume {trainer.output.path}",
+            signal.Signals[trainer.stop_requested].value,
         ) from None
+    except BaseException:
+        if new_run:
+            trainer.output.discard_if_unstarted()
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        trainer.output.release()
     click.echo(_result_line(summary))
     click.echo(f"run directory: {trainer.output.path}")
 
@@ -112,8 +136,8 @@ def list_plugins(ctx):
         for option in info.options:
             choices = f" {{{','.join(map(str, option.choices))}}}" if option.choices else ""
             click.echo(f"    {info.name}.{option.name} = {option.default!r}  [{option.type_name}{choices}]  {option.help}")
-    for name, error in catalog.broken.items():
-        click.echo(f"{name}  (failed to import: {error})")
+    for name, reason in catalog.broken.items():
+        click.echo(f"{name}  (not usable: {reason})")
 
 
 @cli.command("eval")
@@ -133,13 +157,14 @@ def evaluate(ctx, run_dir):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), default=2500, show_default=True, help="Number of samples.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Destination .npy file (must not exist).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Sampling seed.")
 @click.pass_context
 def sample(ctx, run_dir, n, out, seed):
     """Draw N samples from the last checkpoint of RUN_DIR into a .npy file."""
     import torch
 
     from gancore.checkpoint import atomic_write
+    from gancore.memory import require, sampling_bytes
     from gancore.rundir import open_trainer
 
     destination = Path(out)
@@ -148,6 +173,7 @@ def sample(ctx, run_dir, n, out, seed):
     if destination.exists():
         raise GancoreError(f"--out {out} exists already; choose a new file name")
     trainer = open_trainer(Path(run_dir), _catalog(ctx))
+    require(sampling_bytes(trainer.train, trainer.dataset.dim, n), trainer.device, f"--n {n}", "draw fewer samples per file")
     with trainer.run.reporting_plugin_faults():
         samples = trainer.sample(n, torch.Generator(trainer.device).manual_seed(seed)).cpu().numpy()
     atomic_write(destination, lambda handle: np.save(handle, samples))
@@ -155,24 +181,46 @@ def sample(ctx, run_dir, n, out, seed):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: one-line errors with exit status 2, never a traceback."""
-    try:
-        catalog = Catalog.installed()
-        catalog.manager.hook.gancore_register_commands(cli=cli)
-        for name, error in catalog.broken.items():
-            click.echo(f"gancore: warning: plugin {name} failed to import and is skipped ({error})", err=True)
-        status = cli.main(args=argv, prog_name="gancore", obj=catalog, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
-    except (click.ClickException, GancoreError) as exc:
-        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        click.echo(f"gancore: error: {message}", err=True)
-        sys.exit(2)
-    except (click.Abort, KeyboardInterrupt):
-        click.echo("gancore: interrupted", err=True)
-        sys.exit(130)
+    """Entry point of the console script: one-line errors with exit status 2, never a traceback
+    (``--debug`` or ``GANCORE_DEBUG=1`` prints it, for plugin authors hunting a bug)."""
+    _Debug.requested = os.environ.get("GANCORE_DEBUG", "") not in ("", "0")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning_in_one_line
+        try:
+            catalog = Catalog.installed()
+            catalog.register_commands(cli)
+            for warning in catalog.warnings:
+                click.echo(f"gancore: warning: {warning}", err=True)
+            status = cli.main(args=argv, prog_name="gancore", obj=catalog, standalone_mode=False)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), 2, trace=False)  # a usage error: the traceback is click's, not the user's
+        except GancoreError as exc:
+            _fail(str(exc), exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of the one-line promise
+            if is_out_of_memory(exc):
+                _fail("out of memory: lower train.batch_size, train.n_train, train.eval_samples or the network sizes", 2)
+            if isinstance(exc, OSError):
+                where = f" {exc.filename}" if exc.filename else ""
+                _fail(f"cannot access{where}: {exc.strerror or one_line(exc)}", 2)
+            _fail(f"internal error ({one_line(exc)}); rerun with --debug for the traceback and report it", 1)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _fail(message: str, status: int, trace: bool = True) -> None:
+    if trace and _Debug.requested and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    click.echo(f"gancore: error: {one_line(message, 1000)}", err=True)
+    sys.exit(status)
+
+
+def _show_warning_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's warnings (torch's, numpy's, a plugin's) as one line each, not source excerpts."""
+    click.echo(f"gancore: warning: {one_line(str(message), 300)} ({category.__name__})", err=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from gancore.errors import GancoreError
+from gancore.files import read_regular_file
 from gancore.losses import LOSSES
 from gancore.models import ACTIVATIONS
 from gancore.options import OptionSet
@@ -18,6 +19,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CORE = "train"
+MAX_SEED = 2**32 - 1  # numpy's and every common seed range; evaluation seeds (seed × 1000003 + step) stay in torch's
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _power_of_two(value: int) -> str | None:
+    return None if value & (value - 1) == 0 else "expected a power of two (8, 16, 32, ...)"
+
+
+def _adam_betas(value: tuple) -> str | None:
+    if len(value) != 2 or not all(0 <= beta < 1 for beta in value):
+        return "expected two numbers in [0, 1), e.g. 0.5,0.999"
+    return None
 
 
 def core_options() -> OptionSet:
@@ -26,14 +39,14 @@ def core_options() -> OptionSet:
     add = options.add
     add("dataset", str, "ring8", "built-in dataset: bimodal1d, ring8, grid25, hd1200, digits or stacked-digits")
     add("data", str, "", "a .npy/.npz/.csv file of points, or a folder of PNG/JPEG images, instead of a built-in dataset")
-    add("image_size", int, 16, "side of the digit datasets' images (a power of two ≥ 8)", min=8)
+    add("image_size", int, 16, "side of the digit datasets' images (a power of two ≥ 8)", min=8, check=_power_of_two)
     add("model", str, "auto", "network family: mlp, dcgan, or auto (dcgan for images, mlp for vectors)", choices=("auto", "mlp", "dcgan"))
     add("g_norm", str, "batch", "normalization in the DCGAN generator", choices=("batch", "none"))
     add("d_norm", str, "none", "normalization in the DCGAN discriminator", choices=("none", "batch", "spectral"))
     add("n_train", int, 20000, "number of training points drawn from a built-in dataset", min=1)
     add("steps", int, 2000, "training steps (one step = n_critic D updates + one G update)", min=0)
     add("batch_size", int, 512, "samples per batch", min=1)
-    add("seed", int, 0, "seed of data, initialization, noise and every plugin's randomness", min=0)
+    add("seed", int, 0, "seed of data, initialization, noise and every plugin's randomness", min=0, max=MAX_SEED)
     add("device", str, "auto", "where to train: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
     add("cpu_threads", int, 1, "PyTorch threads on CPU (0: PyTorch's default); small nets run fastest on one", min=0)
     add("loss", str, "non-saturating", "adversarial loss family", choices=tuple(LOSSES))
@@ -41,8 +54,8 @@ def core_options() -> OptionSet:
     add("lr_g", float, 1e-3, "G's Adam learning rate", min=0)
     add("lr_d", float, 1e-4, "D's Adam learning rate", min=0)
     add("lr_decay", str, "none", "learning-rate schedule: none, or linear decay to 0 at the last step (sharpens modes)", choices=("none", "linear"))
-    add("betas_g", "floats", (0.5, 0.999), "G's Adam betas")
-    add("betas_d", "floats", (0.5, 0.999), "D's Adam betas")
+    add("betas_g", "floats", (0.5, 0.999), "G's Adam betas", check=_adam_betas)
+    add("betas_d", "floats", (0.5, 0.999), "D's Adam betas", check=_adam_betas)
     add("z_dim", int, 256, "latent dimension", min=1)
     add("g_width", int, 128, "G's hidden width", min=1)
     add("g_depth", int, 2, "G's hidden layers", min=1)
@@ -99,9 +112,7 @@ def read_toml(path: str | Path) -> dict:
     """Read a TOML config: a ``[train]`` table and ``[plugins.NAME]`` tables; ``plugins.enabled`` lists plugins."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise GancoreError(f"config file {path} does not exist") from None
+        data = tomllib.loads(read_regular_file(path, "config file", MAX_CONFIG_BYTES).decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise GancoreError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - {CORE, "plugins"})

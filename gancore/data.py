@@ -13,7 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from gancore.errors import GancoreError
+from gancore.errors import GancoreError, one_line
+from gancore.files import check_regular_file
+from gancore.memory import check_dataset_fits
 from gancore.metrics import mode_coverage
 
 
@@ -137,6 +139,8 @@ def _digits(name: str):
 
 
 IMAGE_BUILTIN = {"digits": _digits("digits"), "stacked-digits": _digits("stacked-digits")}
+BUILTIN_DIMS = {"bimodal1d": 1, "ring8": 2, "grid25": 2, "hd1200": 1200}  # values per sample, known before drawing
+IMAGE_CHANNELS = {"digits": 1, "stacked-digits": 3}
 DATASET_NAMES = (*BUILTIN, *IMAGE_BUILTIN)
 
 
@@ -149,10 +153,12 @@ def load_dataset(name: str, path: str, n_train: int, seed: int, image_size: int 
             return load_image_folder(Path(path))
         return load_points_file(Path(path))
     rng = np.random.default_rng(seed)
+    if name not in BUILTIN and name not in IMAGE_BUILTIN:
+        raise GancoreError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)} or give a file with --data")
+    dim = BUILTIN_DIMS[name] if name in BUILTIN else IMAGE_CHANNELS[name] * image_size**2
+    check_dataset_fits(n_train, dim, torch.device("cpu"), f"dataset {name} with train.n_train={n_train}")
     if name in IMAGE_BUILTIN:
         return IMAGE_BUILTIN[name](n_train, rng, image_size)
-    if name not in BUILTIN:
-        raise GancoreError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)} or give a file with --data")
     return BUILTIN[name](n_train, rng)
 
 
@@ -160,8 +166,7 @@ def load_points_file(path: Path) -> Dataset:
     """Load user points from .npy (n, dim), .npz (key ``x``; optional ``modes`` and ``radius``;
     or key ``images``: (n, H, W[, C]) uint8 or [0, 1] floats) or .csv (one optional header line).
     """
-    if not path.is_file():
-        raise GancoreError(f"data file {path} does not exist")
+    check_regular_file(path, "data file")
     suffix = path.suffix.lower()
     modes = radius = None
     try:
@@ -185,7 +190,7 @@ def load_points_file(path: Path) -> Dataset:
     except GancoreError:
         raise
     except Exception as exc:  # numpy raises many types for unreadable files
-        raise GancoreError(f"{path}: cannot read points ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'})") from None
+        raise GancoreError(f"{path}: cannot read points ({one_line(exc) if str(exc).strip() else type(exc).__name__ + ': corrupt file'})") from None
     points = _check_points(np.asarray(points), path, "points")
     if modes is not None:
         modes = _check_points(np.asarray(modes), path, "modes")
@@ -202,7 +207,7 @@ def load_points_file(path: Path) -> Dataset:
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]  # -sig: a BOM is not part of the first row
     if lines and not _is_numeric_row(lines[0]):
         lines = lines[1:]  # a header
     if not lines:
@@ -234,4 +239,8 @@ def _check_points(array: np.ndarray, path: Path, what: str) -> np.ndarray:
         raise GancoreError(f"{path}: {what} must be real numbers, got dtype {array.dtype}")
     if not np.isfinite(array).all():
         raise GancoreError(f"{path}: {what} contain NaN or Inf; clean the file first")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):
+        single = array.astype(np.float32)
+    if not np.isfinite(single).all():
+        raise GancoreError(f"{path}: {what} hold values beyond float32's range (±3.4e38); rescale the data")
+    return single

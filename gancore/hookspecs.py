@@ -34,7 +34,7 @@ that plugin's own options or state.
 Arguments may be added to these specs in later versions but never renamed or removed: a
 hookimpl may accept any subset of a spec's arguments (pluggy's promise), so plugins keep working.
 
-How the remedies of ../shared/DESIGN.md map onto these hooks (the design's test):
+How the remedies of gancore's design map onto these hooks (the design's test):
 
 * **minibatch-discrimination** — ``gancore_build_models`` replaces D's ``head`` by the
   minibatch layer (``gancore.kernels.minibatch_l1`` over the projected features,
@@ -122,15 +122,19 @@ def gancore_register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def gancore_configure(config: RunConfig, options: SimpleNamespace) -> None:
+def gancore_configure(name: str, config: RunConfig, options: SimpleNamespace) -> None:
     """Validate this plugin's options and suggest core settings.
 
     Called once per enabled plugin, after all options are parsed and before any model is
     built. Raise :class:`gancore.errors.GancoreError` with a one-line message for invalid
-    settings. Use ``config.suggest(self_name, loss="wasserstein", ...)`` to change the core's
-    defaults: a value the user set explicitly wins, and two plugins suggesting different
-    values for one setting are a configuration error naming both.
+    settings; any other exception is reported as "plugin NAME (PACKAGE VERSION) failed in
+    gancore_configure: ...". Use ``config.suggest(name, loss="wasserstein", ...)`` to change
+    the core's defaults: a value the user set explicitly wins, and two plugins suggesting
+    different values for one setting are a configuration error naming both.
 
+    :param name: the name this plugin is registered under (its entry point's name); use it
+        wherever the plugin names itself (``config.suggest``, ``config.plugins[name]``), so that
+        the same class works under another name.
     :param config: the run configuration (``config.train`` holds the core settings).
     :param options: this plugin's resolved options.
     """
@@ -267,11 +271,17 @@ def gancore_evaluate(trainer: Trainer, step: int, metrics: dict) -> None:
 def gancore_state_dict(trainer: Trainer) -> dict | None:
     """Return this plugin's state for a checkpoint, or None if it has none.
 
-    Called per enabled plugin at every checkpoint. The state may hold tensors, numbers,
-    strings, lists and dicts only (checkpoints are loaded with ``weights_only=True``).
+    Called per enabled plugin at every checkpoint (and when training starts, for rollback).
+    The state may hold tensors, numbers, strings, lists, tuples and dicts only (checkpoints are
+    loaded with ``weights_only=True``): anything else is refused when it is returned, naming
+    the plugin and where in the state it lies.
     """
 
 
 @hookspec
 def gancore_load_state_dict(trainer: Trainer, state: dict) -> None:
-    """Restore what ``gancore_state_dict`` returned. Called per enabled plugin on resume."""
+    """Restore what ``gancore_state_dict`` returned. Called per enabled plugin on resume.
+
+    An exception raised here is reported as "plugin NAME (PACKAGE VERSION) failed in
+    gancore_load_state_dict: ...".
+    """

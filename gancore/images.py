@@ -192,7 +192,8 @@ def load_image_folder(folder: Path) -> Dataset:
     """Every PNG/JPEG in ``folder`` (same size; RGB, or grey when all are grey), scaled to [−1, 1]."""
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # regular files only: a FIFO or device named like an image would block or never end
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise GancoreError(f"{folder}: no .png/.jpg/.jpeg images")
     arrays = []
@@ -203,6 +204,8 @@ def load_image_folder(folder: Path) -> Dataset:
                 arrays.append((grey, np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0))
         except (UnidentifiedImageError, OSError) as error:
             raise GancoreError(f"{path}: not a readable image ({type(error).__name__})") from None
+        except Image.DecompressionBombError:
+            raise GancoreError(f"{path}: more pixels than PIL will decode safely (a decompression bomb?); use smaller images") from None
     all_grey = all(grey for grey, _ in arrays)
     stacked = [a if all_grey else (np.repeat(a[..., None], 3, axis=-1) if grey else a) for grey, a in arrays]
     shapes = {a.shape for a in stacked}

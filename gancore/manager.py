@@ -17,10 +17,16 @@ import pluggy
 
 from gancore import hookspecs
 from gancore.config import CORE, RunConfig, core_options
-from gancore.errors import GancoreError
+from gancore.checkpoint import unstorable_part
+from gancore.errors import GancoreError, one_line
 from gancore.options import OptionSet
 
 ENTRY_POINT_GROUP = "gancore"
+BUILTIN_PACKAGE = "gancore"
+
+
+def _dist_name(point: Any) -> str:
+    return point.dist.name if point.dist is not None else "?"
 
 
 @dataclass
@@ -34,12 +40,22 @@ class PluginInfo:
     options: OptionSet
 
     @property
+    def label(self) -> str:
+        """``NAME (DISTRIBUTION VERSION)``: how messages name a plugin."""
+        return f"{self.name} ({self.package} {self.version})"
+
+    @property
     def summary(self) -> str:
         return (self.cls.__doc__ or "").strip().splitlines()[0] if self.cls.__doc__ else ""
 
     @property
     def incompatible_with(self) -> tuple[str, ...]:
         return tuple(getattr(self.cls, "incompatible_with", ()))
+
+
+def plugin_fault(label: str, hook: str, error: BaseException) -> GancoreError:
+    """The one-line error for an exception raised inside a plugin's code."""
+    return GancoreError(f"plugin {label} failed in {hook}: {one_line(error)}")
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
@@ -55,38 +71,99 @@ def call_for(manager: pluggy.PluginManager, hook: str, plugin: str, **kwargs: An
     return results[0] if results else None
 
 
+def call_plugin(manager: pluggy.PluginManager, info: PluginInfo, hook: str, **kwargs: Any) -> Any:
+    """:func:`call_for`, with an exception raised by the plugin turned into :func:`plugin_fault`."""
+    try:
+        return call_for(manager, hook, info.name, **kwargs)
+    except GancoreError:
+        raise
+    except Exception as error:
+        raise plugin_fault(info.label, hook, error) from error
+
+
 class Catalog:
-    """Every installed plugin, by name."""
+    """Every installed plugin, by name.
+
+    A plugin that cannot be loaded (import error, a hook pluggy rejects, an exception in its
+    class or in ``gancore_add_options``, a name a built-in already has) is not in ``plugins``
+    but in ``broken``, with why: the other plugins and every command keep working, and only
+    asking for that plugin is an error.
+    """
 
     def __init__(self) -> None:
         self.plugins: dict[str, PluginInfo] = {}
-        self.broken: dict[str, str] = {}
+        self.broken: dict[str, str] = {}  # name -> why it cannot be used
+        self.warnings: list[str] = []  # one line per skipped plugin, for the command line to show
         self.manager = new_plugin_manager()
 
     @classmethod
     def installed(cls) -> "Catalog":
-        """The catalog of every plugin declared in the ``gancore`` entry-point group."""
+        """The catalog of every plugin declared in the ``gancore`` entry-point group.
+
+        Where two distributions declare one name, gancore's own plugin keeps it (else the
+        first distribution by name); the other is skipped with a warning naming both.
+        """
         catalog = cls()
-        for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-            dist = point.dist
+        points = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: (p.name, _dist_name(p) != BUILTIN_PACKAGE, _dist_name(p)))
+        for point in points:
+            package, version = _dist_name(point), (point.dist.version if point.dist else "?")
+            if point.name in catalog.plugins:
+                kept = catalog.plugins[point.name].package
+                catalog.warnings.append(f"plugin {point.name} of {package} {version} is skipped: {kept} provides a plugin of that name already")
+                continue
             try:
                 plugin_cls = point.load()
             except Exception as exc:  # a broken third-party package must not break gancore
-                catalog.broken[point.name] = f"{type(exc).__name__}: {exc}"
+                catalog.skip(point.name, f"plugin {point.name} ({package} {version}) failed to import: {one_line(exc)}")
                 continue
-            catalog.add(point.name, plugin_cls, dist.name if dist else "?", dist.version if dist else "?")
+            try:
+                catalog.add(point.name, plugin_cls, package, version)
+            except GancoreError as error:
+                catalog.skip(point.name, str(error))
         return catalog
 
+    def skip(self, name: str, reason: str) -> None:
+        """Record that plugin ``name`` cannot be used, and why; drop it if it was added."""
+        if self.plugins.pop(name, None) is not None and self.manager.has_plugin(name):
+            self.manager.unregister(name=name)
+        self.broken[name] = reason
+        self.warnings.append(f"{reason}; it is skipped")
+
     def add(self, name: str, plugin_cls: type, package: str, version: str) -> None:
-        """Register ``plugin_cls`` under ``name`` (what the entry-point loader does; tests use it too)."""
+        """Register ``plugin_cls`` under ``name`` (what the entry-point loader does; tests use it too).
+
+        A plugin that pluggy rejects (a misspelled hook, an argument the hook does not have) or
+        that raises while being created or declaring its options is a one-line GancoreError.
+        """
+        label = f"{name} ({package} {version})"
         if name in self.plugins or name == CORE:
             raise GancoreError(f"two plugins are named {name!r} ({self.plugins[name].package if name in self.plugins else 'the core'} and {package})")
-        instance = plugin_cls()
-        self.manager.register(instance, name=name)
-        self.manager.check_pending()  # a misspelled hook name fails loudly
-        options = OptionSet(name)
-        call_for(self.manager, "gancore_add_options", name, options=options)
-        self.plugins[name] = PluginInfo(name, plugin_cls, package, version, options)
+        try:
+            instance = plugin_cls()
+        except Exception as error:
+            raise plugin_fault(label, "__init__", error) from error
+        try:
+            self.manager.register(instance, name=name)
+            self.manager.check_pending()  # a misspelled hook name fails loudly
+        except (pluggy.PluginValidationError, ValueError) as error:
+            if self.manager.has_plugin(name):
+                self.manager.unregister(name=name)
+            raise GancoreError(f"plugin {label} is invalid: {one_line(str(error))}") from None
+        info = PluginInfo(name, plugin_cls, package, version, OptionSet(name))
+        try:
+            call_plugin(self.manager, info, "gancore_add_options", options=info.options)
+        except GancoreError:
+            self.manager.unregister(name=name)
+            raise
+        self.plugins[name] = info
+
+    def register_commands(self, cli: Any) -> None:
+        """Let every plugin add its click commands; a plugin that fails doing so is skipped."""
+        for info in list(self.plugins.values()):
+            try:
+                call_plugin(self.manager, info, "gancore_register_commands", cli=cli)
+            except GancoreError as error:
+                self.skip(info.name, str(error))
 
     def resolve(
         self,
@@ -105,7 +182,7 @@ class Catalog:
         for name in names:
             if name not in self.plugins:
                 if name in self.broken:
-                    raise GancoreError(f"plugin {name!r} failed to import: {self.broken[name]}")
+                    raise GancoreError(f"{self.broken[name]}; fix or uninstall it to use --plugin {name}")
                 available = ", ".join(self.plugins) or "none installed"
                 raise GancoreError(f"unknown plugin {name!r} (available: {available}); see `gancore plugins`")
         for owner in values:
@@ -126,7 +203,7 @@ class Catalog:
             manager.register(self.plugins[name].cls(), name=name)
         _check_first_results(manager)
         for name in names:
-            call_for(manager, "gancore_configure", name, config=config, options=config.plugins[name])
+            call_plugin(manager, self.plugins[name], "gancore_configure", name=name, config=config, options=config.plugins[name])
         return Run(config, manager, [self.plugins[name] for name in names])
 
     def _check_compatible(self, names: list[str]) -> None:
@@ -158,17 +235,28 @@ class Run:
         return self.manager.hook
 
     def plugin_states(self, trainer: Any) -> dict[str, dict]:
+        """Every plugin's state; one a checkpoint could not load back (``weights_only``) is refused now."""
         states = {}
         for info in self.plugins:
-            state = call_for(self.manager, "gancore_state_dict", info.name, trainer=trainer)
+            state = call_plugin(self.manager, info, "gancore_state_dict", trainer=trainer)
             if state is not None:
+                problem = unstorable_part(state)
+                if problem:
+                    raise GancoreError(
+                        f"plugin {info.label} returned a state that a checkpoint cannot hold ({problem}); "
+                        "gancore_state_dict must return tensors, numbers, strings, lists, tuples and dicts"
+                    )
                 states[info.name] = state
         return states
 
     def load_plugin_states(self, trainer: Any, states: dict[str, dict]) -> None:
         for info in self.plugins:
             if info.name in states:
-                call_for(self.manager, "gancore_load_state_dict", info.name, trainer=trainer, state=states[info.name])
+                call_plugin(self.manager, info, "gancore_load_state_dict", trainer=trainer, state=states[info.name])
+
+    def identity(self) -> dict[str, dict[str, str]]:
+        """The enabled plugins and the distributions that provide them, in enable order."""
+        return {info.name: {"package": info.package, "version": info.version} for info in self.plugins}
 
     @contextmanager
     def reporting_plugin_faults(self) -> Iterator[None]:
@@ -187,10 +275,6 @@ class Run:
             while trace is not None:
                 info = files.get(trace.tb_frame.f_code.co_filename)
                 if info is not None:
-                    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                    raise GancoreError(
-                        f"plugin {info.name} ({info.package} {info.version}) failed in {trace.tb_frame.f_code.co_name}: "
-                        f"{type(error).__name__}{': ' + detail if detail else ''}"
-                    ) from error
+                    raise plugin_fault(info.label, trace.tb_frame.f_code.co_name, error) from error
                 trace = trace.tb_next
             raise

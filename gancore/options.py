@@ -71,7 +71,10 @@ class Option:
     :param default: value used when nobody sets it; ``None`` means "unset" (the plugin derives it).
     :param help: one sentence for ``gancore plugins`` and the docs.
     :param choices: allowed values, if the option is an enumeration.
-    :param min: smallest allowed value for numbers (inclusive).
+    :param min: smallest allowed value for numbers (inclusive; each number of ``"floats"``).
+    :param max: largest allowed value for numbers (inclusive; each number of ``"floats"``).
+    :param check: ``check(value) -> str | None``: a further rule on the converted value; the
+        string it returns (e.g. ``"expected two numbers in [0, 1)"``) is the error.
     """
 
     name: str
@@ -80,6 +83,8 @@ class Option:
     help: str
     choices: tuple | None = None
     min: float | None = None
+    max: float | None = None
+    check: Callable[[Any], str | None] | None = None
 
     @property
     def type_name(self) -> str:
@@ -94,8 +99,14 @@ class Option:
             raise GancoreError(f"{where}={value!r}: {exc if str(exc).startswith('expected') else 'expected ' + self.type_name}") from None
         if self.choices is not None and converted not in self.choices:
             raise GancoreError(f"{where}={value!r}: choose one of {', '.join(map(str, self.choices))}")
-        if self.min is not None and converted is not None and not isinstance(converted, tuple) and converted < self.min:
+        numbers = converted if isinstance(converted, tuple) else () if converted is None or isinstance(converted, (str, bool)) else (converted,)
+        if self.min is not None and any(number < self.min for number in numbers):
             raise GancoreError(f"{where}={value!r}: must be at least {self.min:g}")
+        if self.max is not None and any(number > self.max for number in numbers):
+            raise GancoreError(f"{where}={value!r}: must be at most {self.max:g}")
+        problem = self.check(converted) if self.check is not None and converted is not None else None
+        if problem:
+            raise GancoreError(f"{where}={value!r}: {problem}")
         return converted
 
 

@@ -71,7 +71,9 @@ def draw_samples(axis: plt.Axes, samples: torch.Tensor, dataset: Dataset, title:
         basis = None
         if dataset.dim > 2:
             centred = data - data.mean(axis=0)
-            basis = np.linalg.svd(centred, full_matrices=False)[2][:2].T
+            components = np.linalg.svd(centred, full_matrices=False)[2]
+            # fewer than two data points span no plane: show the first two coordinates instead
+            basis = components[:2].T if len(components) >= 2 else np.eye(dataset.dim)[:, :2]
             axis.set_xlabel("PC 1 of the data")
             axis.set_ylabel("PC 2 of the data")
         axis.scatter(*_project(data, basis).T, s=2, alpha=0.25, label="data", color="tab:blue")

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from gancore.data import Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.losses import LOSSES
+from gancore.memory import check_training_fits
 from gancore.models import build_discriminator, build_generator
 
 if TYPE_CHECKING:
@@ -28,8 +29,14 @@ class NonFiniteError(GancoreError):
     """A loss or parameter became NaN or infinite."""
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; the trainer checkpointed and stopped at ``step``."""
+class CheckpointMismatch(GancoreError):
+    """A checkpoint's networks are not this run's."""
+
+
+class TrainingInterrupted(BaseException):
+    """SIGINT/SIGTERM arrived; the trainer checkpointed and stopped at ``step``. Like
+    KeyboardInterrupt, not an Exception: it may be raised inside a plugin's hook (by the signal
+    handler, during the final evaluation) and must not be reported as that plugin's fault."""
 
     def __init__(self, step: int):
         super().__init__(f"interrupted at step {step}")
@@ -107,12 +114,14 @@ class Trainer:
             torch.set_num_threads(train.cpu_threads)
         torch.manual_seed(train.seed)  # network initialization
         self.dataset = (dataset or load_dataset(train.dataset, train.data, train.n_train, train.seed, train.image_size)).to(self.device)
+        check_training_fits(train, self.dataset.dim, self.eval_samples, self.device)
         self.generator = torch.Generator(self.device).manual_seed(train.seed)
         self.data_weights: torch.Tensor | None = None
         self.step = 0
         self.history: list[dict] = []
         self.last_logs: dict[str, torch.Tensor | float] = {}
         self.stop_requested: str | None = None  # set by a signal handler; honoured between steps
+        self.finishing = False  # the last step is checkpointed: an interruption may stop at once
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
         self.lr_decay_span = (0, train.steps)  # train.lr_decay="linear" goes from 1 to 0 over these steps
         self.rollbacks = 0
@@ -127,8 +136,6 @@ class Trainer:
 
     def _new_optimizer(self, player: str) -> torch.optim.Optimizer:
         lr, betas = (self.train.lr_g, self.train.betas_g) if player == "G" else (self.train.lr_d, self.train.betas_d)
-        if len(betas) != 2:
-            raise GancoreError(f"train.betas_{player.lower()} needs two numbers, e.g. 0.5,0.999")
         return torch.optim.Adam(self.models.parameters(player), lr=lr * self.lr_scale, betas=tuple(betas))
 
     def reinitialize(self, player: str) -> None:
@@ -280,16 +287,31 @@ class Trainer:
         return " ".join(parts)
 
     def fit(self) -> dict:
-        """Train (``gancore_fit`` or ``steps`` steps), evaluate at the end and return the summary."""
+        """Train (``gancore_fit`` or ``steps`` steps), evaluate at the end and return the summary.
+
+        The last step's checkpoint is written before the final evaluation, so that from then on
+        (:attr:`finishing`) an interruption loses nothing and need not wait for the evaluation.
+        """
+        try:
+            return self._fit()
+        finally:
+            if self.output:
+                self.output.release()  # the run directory's lock: another process may resume it now
+
+    def _fit(self) -> dict:
         started = time.perf_counter()
         if not self.hook.gancore_fit(trainer=self):
             self.run_steps(self.train.steps - self.step)
-        final = self.history[-1] if self.history and self.history[-1]["step"] == self.step else self.evaluate()
+        if self.output and not self.output.has_checkpoint(self.step):
+            self.save_checkpoint()
+        self.finishing = True
+        evaluated = bool(self.history) and self.history[-1]["step"] == self.step
+        final = self.history[-1] if evaluated else self.evaluate()
         summary = {"dataset": self.dataset.name, "plugins": list(self.config.plugins), "seed": self.train.seed, **final}
         self.hook.gancore_fit_end(trainer=self, summary=summary)
         if self.output:
-            if not self.output.has_checkpoint(self.step):
-                self.save_checkpoint()
+            if not evaluated:
+                self.save_checkpoint()  # again, with the final evaluation in its history
             self.output.finish(self, summary, time.perf_counter() - started)
         return summary
 
@@ -331,12 +353,14 @@ class Trainer:
             "history": self.history,
             "last_logs": {name: float(value) for name, value in self.last_logs.items()},
             "plugins": self.run.plugin_states(self),
+            # what defines the run, so that a resume can refuse an edited config.toml
+            "run": {"config": self.config.to_toml_dict(), "plugins": self.run.identity()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.models.modules) ^ set(state["models"])
         if missing:
-            raise GancoreError(f"checkpoint networks {sorted(state['models'])} do not match this run's {sorted(self.models.modules)}")
+            raise CheckpointMismatch(f"its networks {sorted(state['models'])} are not this run's {sorted(self.models.modules)}")
         self.run.load_plugin_states(self, state["plugins"])  # first: a plugin may rebuild networks
         for name, module in self.models.modules.items():
             module.load_state_dict(state["models"][name])

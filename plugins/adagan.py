@@ -60,8 +60,6 @@ from torch.nn.functional import softplus
 from gancore import GancoreError, hookimpl
 from gancore.models import Discriminator
 
-NAME = "adagan"
-
 
 def adagan_data_weights(h: torch.Tensor, beta: float) -> tuple[torch.Tensor, float]:
     """AdaGAN's data weights w_i = max(λ* − (1 − β) h_i, 0) / (β N) with Σ w_i = 1 (float64).

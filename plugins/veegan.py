@@ -149,10 +149,11 @@ class Veegan:
         self.weight = options.weight
         self.adversarial = options.adversarial
         self.learned_scale = options.scale == "learned"
+        self.options = options
 
     @hookimpl(tryfirst=True)
     def gancore_build_models(self, models, config, dataset):
-        train, options = config.train, config.plugins[NAME]
+        train, options = config.train, self.options
         width = options.width or train.g_width
         depth = options.depth or train.g_depth
         models.add("F", Reconstructor(dataset.dim, train.z_dim, width, depth, train.activation, self.learned_scale), player="G")

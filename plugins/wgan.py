@@ -23,8 +23,6 @@ import torch
 
 from gancore import GancoreError, hookimpl
 
-NAME = "wgan"
-
 
 class Wgan:
     """WGAN: Wasserstein loss, 5 critic steps, D's weights clipped to [−c, c] (Arjovsky et al. 2017)."""
@@ -39,11 +37,11 @@ class Wgan:
         options.add("clip", float, 0.01, "c: every parameter of D is clipped to [−c, c] after each D update (the paper: 0.01)", min=0)
 
     @hookimpl
-    def gancore_configure(self, config, options):
+    def gancore_configure(self, name, config, options):
         if options.clip <= 0:
             raise GancoreError(f"wgan.clip={options.clip:g}: must be positive (the paper: 0.01)")
         self.clip = options.clip
-        config.suggest(NAME, loss="wasserstein", n_critic=5)
+        config.suggest(name, loss="wasserstein", n_critic=5)
 
     @hookimpl
     def gancore_after_optimizer_step(self, trainer, player):

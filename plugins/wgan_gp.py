@@ -32,8 +32,6 @@ import warnings
 from gancore import GancoreError, hookimpl
 from gancore.kernels import gradient_penalty
 
-NAME = "wgan-gp"
-
 
 class WganGp:
     """WGAN-GP: Wasserstein loss, 5 critic steps and a gradient penalty on D (Gulrajani et al. 2017)."""
@@ -48,9 +46,9 @@ class WganGp:
         options.add("weight", float, 10.0, "λ, the gradient penalty's weight (the paper: 10; its toy-data code used 0.1)", min=0)
 
     @hookimpl
-    def gancore_configure(self, config, options):
+    def gancore_configure(self, name, config, options):
         self.weight = options.weight
-        config.suggest(NAME, loss="wasserstein", n_critic=5, lr_d=1e-4, lr_g=1e-4, betas_d=(0.5, 0.9), betas_g=(0.5, 0.9))
+        config.suggest(name, loss="wasserstein", n_critic=5, lr_d=1e-4, lr_g=1e-4, betas_d=(0.5, 0.9), betas_g=(0.5, 0.9))
         if "minibatch-discrimination" in config.plugins:
             warnings.warn("wgan-gp with minibatch-discrimination: the WGAN-GP paper questions a per-sample gradient penalty on a critic that couples the samples of a batch")
 

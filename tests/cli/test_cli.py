@@ -24,7 +24,7 @@ def test_train_writes_a_complete_run_directory(capsys, tmp_path):
     assert code == 0, err
     assert "modes captured" in out and "high quality" in out
     run = tmp_path / "ring8-vanilla-s0"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.toml", "metrics.jsonl", "modes.png", "run.json", "samples.png", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.toml", "metrics.jsonl", "modes.png", "run.json", "run.lock", "samples.png", "summary.json"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [10, 20, 30]
     summary = json.loads((run / "summary.json").read_text())
@@ -94,7 +94,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["train", "--config", str(tmp_path / "bad.toml")], "not valid TOML"),
         (["train", "--config", str(tmp_path / "table.toml")], "unknown table [training]"),
         (["train", "--set", "train.loss=wgan"], "choose one of"),
-        (["train", "--set", "train.betas_g=0.5"], "needs two numbers"),
+        (["train", "--set", "train.betas_g=0.5"], "expected two numbers in [0, 1)"),
         (["train", "--out", str(tmp_path / "a-file"), *TINY_FLAGS], "is a file"),
         (["train", "--bogus"], "No such option '--bogus'"),
         (["eval", str(tmp_path)], "not a gancore run directory"),
@@ -179,7 +179,7 @@ def test_a_broken_third_party_plugin_is_skipped_with_a_warning(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     listing = subprocess.run([sys.executable, "-m", "gancore.cli.main", "plugins"], env=env, capture_output=True, text=True)
     assert listing.returncode == 0
-    assert "plugin broken failed to import and is skipped" in listing.stderr
+    assert "plugin broken (broken 0.1) failed to import: ModuleNotFoundError" in listing.stderr and "it is skipped" in listing.stderr
     assert "instance-noise" in listing.stdout
     requested = subprocess.run([sys.executable, "-m", "gancore.cli.main", "train", "-p", "broken"], env=env, capture_output=True, text=True)
-    assert requested.returncode == 2 and "plugin 'broken' failed to import" in requested.stderr
+    assert requested.returncode == 2 and "plugin broken (broken 0.1) failed to import" in requested.stderr and "--plugin broken" in requested.stderr

@@ -129,8 +129,8 @@ def test_a_mode_the_mixture_misses_gets_the_data_weight(make_trainer):
 class RecordingRunDirectory(RunDirectory):
     """A run directory that also keeps every checkpointed state in memory."""
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, path, lock=None):
+        super().__init__(path, lock)
         self.states = []
 
     def save_checkpoint(self, step, state, keep):
@@ -142,7 +142,7 @@ def test_resuming_from_every_checkpoint_equals_the_uninterrupted_run(make_traine
     settings = dict(train={"steps": 9, "checkpoint_every": 1, "keep_checkpoints": 100, "eval_every": 4, "eval_samples": 200},
                     options={"adagan": {**TINY_ADAGAN, "rounds": 3}})
     straight = make_trainer(["adagan"], **settings)
-    straight.output = RecordingRunDirectory.create(tmp_path, "straight", straight.config)
+    straight.output = RecordingRunDirectory.create(tmp_path, "straight", straight.run)
     straight.fit()
     plugin = straight.run.manager.get_plugin("adagan")
     states = straight.output.states
