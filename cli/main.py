@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import traceback
 import warnings
@@ -85,33 +84,10 @@ def train(ctx, config_file, plugins, assignments, out, name, quiet, resume, **fl
 
 
 def _fit(trainer, new_run: bool) -> None:
-    """Fit with SIGINT/SIGTERM turned into a checkpoint and a clean stop (resumable). A new run
-    that fails before its first checkpoint leaves no run directory behind."""
-    from gancore.trainer import TrainingInterrupted
+    """Train through the function gancore.fit uses, then print the result."""
+    from gancore.api import train
 
-    def request_stop(signum, frame):
-        trainer.stop_requested = signal.Signals(signum).name
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
-        if trainer.finishing:  # the last step's checkpoint is written already
-            raise TrainingInterrupted(trainer.step)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with trainer.run.reporting_plugin_faults():
-            summary = trainer.fit()
-    except TrainingInterrupted as stop:
-        raise Interrupted(
-            f"{trainer.stop_requested} at step {stop.step}: checkpoint written; continue with gancore train --resume {trainer.output.path}",
-            signal.Signals[trainer.stop_requested].value,
-        ) from None
-    except BaseException:
-        if new_run:
-            trainer.output.discard_if_unstarted()
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        trainer.output.release()
+    summary = train(trainer, new_run, resume_hint=f"gancore train --resume {trainer.output.path}")
     click.echo(_result_line(summary))
     click.echo(f"run directory: {trainer.output.path}")
 

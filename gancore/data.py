@@ -55,7 +55,7 @@ class Dataset:
         if self.scorer is not None:
             return self.scorer(samples)
         if self.modes is not None:
-            return mode_coverage(samples, self.modes, self.radius, self.hq_norm)
+            return mode_coverage(samples.flatten(1), self.modes, self.radius, self.hq_norm)
         return {}
 
     def to(self, device: torch.device) -> "Dataset":
@@ -206,6 +206,65 @@ def load_points_file(path: Path) -> Dataset:
     )
 
 
+def dataset_from(data, modes=None, radius: float | None = None, scorer: Callable[[torch.Tensor], dict] | None = None) -> Dataset:
+    """The training data gancore.fit was given: a tensor or numpy array (n, *shape), a map-style
+    ``torch.utils.data.Dataset`` (items ``x`` or ``(x, label, ...)``) or a ``DataLoader`` of one
+    (its dataset is used; sampling is the trainer's own, seeded). Optional ``modes`` (K, *shape)
+    with ``radius`` (L2) make the mode metrics run, or ``scorer(samples) -> dict`` replaces them."""
+    where = "gancore.fit data"
+    if isinstance(data, torch.utils.data.DataLoader):
+        data = data.dataset
+    if isinstance(data, torch.utils.data.IterableDataset):
+        raise GancoreError(f"{where}: an IterableDataset cannot be sampled by index (seeded, resumable); give a map-style Dataset or a tensor")
+    if isinstance(data, torch.utils.data.Dataset):
+        data = _materialized(data, where)
+    if isinstance(data, torch.Tensor):
+        data = data.detach().cpu().numpy()
+    if not isinstance(data, np.ndarray):
+        raise GancoreError(f"{where}: give a tensor, a numpy array, a torch Dataset or DataLoader, or a file path; not {type(data).__name__}")
+    points = _check_points(data, where, "points", samples_of_any_shape=True)
+    centres = None
+    if modes is not None:
+        centres = _check_points(np.asarray(modes.detach().cpu() if isinstance(modes, torch.Tensor) else modes), "gancore.fit modes", "modes", samples_of_any_shape=True)
+        centres = centres.reshape(len(centres), -1)
+        if centres.shape[1] != math.prod(points.shape[1:]):
+            raise GancoreError(f"gancore.fit modes: each mode has {centres.shape[1]} values but each sample has {math.prod(points.shape[1:])}")
+        if radius is None or isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
+            raise GancoreError(f"gancore.fit: with modes give radius, a positive number (the high-quality distance), not {radius!r}")
+    elif radius is not None:
+        raise GancoreError("gancore.fit: radius is the high-quality distance to the modes; give modes too")
+    if scorer is not None and not callable(scorer):
+        raise GancoreError(f"gancore.fit: scorer must be a function of samples returning a dict of metrics, not {type(scorer).__name__}")
+    return Dataset(
+        "user-data",
+        torch.as_tensor(points),
+        None if centres is None else torch.as_tensor(centres),
+        None if radius is None else float(radius),
+        scorer=scorer,
+    )
+
+
+def _materialized(dataset: torch.utils.data.Dataset, where: str) -> np.ndarray:
+    """Every sample of a map-style Dataset stacked into one array (the first element of tuple items)."""
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise GancoreError(f"{where}: the Dataset has no len(); give a map-style Dataset or a tensor") from None
+    if n == 0:
+        raise GancoreError(f"{where}: the Dataset is empty")
+    first = _sample_of(dataset[0])
+    check_dataset_fits(n, first.numel(), torch.device("cpu"), f"{where}: {n} samples of shape {tuple(first.shape)}")
+    try:
+        return torch.stack([first, *(_sample_of(dataset[i]) for i in range(1, n))]).numpy()
+    except RuntimeError as error:
+        raise GancoreError(f"{where}: the Dataset's samples cannot be stacked into one array ({one_line(error, 120)}); they must all have one shape") from None
+
+
+def _sample_of(item) -> torch.Tensor:
+    sample = item[0] if isinstance(item, (tuple, list)) else item
+    return torch.as_tensor(np.asarray(sample.detach().cpu() if isinstance(sample, torch.Tensor) else sample))
+
+
 def _read_csv(path: Path) -> np.ndarray:
     lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]  # -sig: a BOM is not part of the first row
     if lines and not _is_numeric_row(lines[0]):
@@ -230,11 +289,14 @@ def _is_numeric_row(line: str) -> bool:
     return True
 
 
-def _check_points(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+def _check_points(array: np.ndarray, path: Path | str, what: str, samples_of_any_shape: bool = False) -> np.ndarray:
+    """``array`` as float32 rows (n, dim), or (n, *shape) with ``samples_of_any_shape``; refused
+    when empty, not real numbers, not finite or beyond float32."""
     if array.ndim == 1:
         array = array[:, None]
-    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise GancoreError(f"{path}: {what} must be a non-empty 2-D array (rows, columns); got shape {tuple(array.shape)}")
+    if (array.ndim != 2 and not samples_of_any_shape) or array.ndim < 2 or 0 in array.shape:
+        rows = "(samples, ...)" if samples_of_any_shape else "2-D array (rows, columns)"
+        raise GancoreError(f"{path}: {what} must be a non-empty {rows}; got shape {tuple(array.shape)}")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise GancoreError(f"{path}: {what} must be real numbers, got dtype {array.dtype}")
     if not np.isfinite(array).all():

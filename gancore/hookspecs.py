@@ -155,6 +155,24 @@ def gancore_build_models(models: Models, config: RunConfig, dataset: Dataset) ->
     """
 
 
+@hookspec
+def gancore_check_models(trainer: Trainer, real: torch.Tensor) -> None:
+    """Refuse networks this plugin cannot work with, before any training step.
+
+    Called once per run (chain), when the trainer is built: after ``gancore_build_models``, with
+    the networks on their device and the optimizers built. Networks the user gave
+    (``gancore.fit``) are named in ``trainer.models.given``. Raise
+    :class:`gancore.errors.GancoreError` with one line that names the plugin and what the network
+    lacks (``"pacgan needs ..."``). A check may run the networks on ``real`` inside
+    :func:`gancore.models.probing` (eval mode, no grad: batch-norm statistics and spectral-norm
+    vectors stay as they are), but must change no state and draw nothing from
+    ``trainer.generator`` or torch's global RNG: a run is the same with and without its checks.
+
+    :param trainer: the trainer; its step is 0 (a resumed run's state is loaded afterwards).
+    :param real: ``train.batch_size`` training points (the first ones, repeated if too few).
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # The fit: outer loop and its end
 # ---------------------------------------------------------------------------------------------

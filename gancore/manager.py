@@ -23,6 +23,7 @@ from gancore.options import OptionSet
 
 ENTRY_POINT_GROUP = "gancore"
 BUILTIN_PACKAGE = "gancore"
+INLINE_PACKAGE = "inline"  # how messages and checkpoints name the distribution of gancore.fit's plugin objects
 
 
 def _dist_name(point: Any) -> str:
@@ -38,11 +39,16 @@ class PluginInfo:
     package: str
     version: str
     options: OptionSet
+    instance: Any = None  # a plugin object given to gancore.fit: runs use it, not a fresh one
+
+    def new_instance(self) -> Any:
+        """The object a run registers: a fresh instance of ``cls``, or the plugin object given."""
+        return self.cls() if self.instance is None else self.instance
 
     @property
     def label(self) -> str:
         """``NAME (DISTRIBUTION VERSION)``: how messages name a plugin."""
-        return f"{self.name} ({self.package} {self.version})"
+        return f"{self.name} ({self.package} {self.version})" if self.version else f"{self.name} ({self.package})"
 
     @property
     def summary(self) -> str:
@@ -136,12 +142,29 @@ class Catalog:
         that raises while being created or declaring its options is a one-line GancoreError.
         """
         label = f"{name} ({package} {version})"
-        if name in self.plugins or name == CORE:
-            raise GancoreError(f"two plugins are named {name!r} ({self.plugins[name].package if name in self.plugins else 'the core'} and {package})")
+        self._check_free(name, package)
         try:
             instance = plugin_cls()
         except Exception as error:
             raise plugin_fault(label, "__init__", error) from error
+        self._register(name, plugin_cls, instance, package, version, given=False)
+
+    def add_object(self, name: str, plugin: Any) -> None:
+        """Register a plugin object (not a class, not installed: gancore.fit's inline plugins)
+        under ``name``; runs use this very object. One with no gancore hook is refused."""
+        self._check_free(name, INLINE_PACKAGE)
+        self._register(name, type(plugin), plugin, INLINE_PACKAGE, "", given=True)
+        if not self.manager.get_hookcallers(plugin):
+            self.manager.unregister(name=name)
+            del self.plugins[name]
+            raise GancoreError(f"plugin object {name} ({type(plugin).__name__}) implements no gancore hook; mark its methods with @gancore.hookimpl")
+
+    def _check_free(self, name: str, package: str) -> None:
+        if name in self.plugins or name == CORE:
+            raise GancoreError(f"two plugins are named {name!r} ({self.plugins[name].package if name in self.plugins else 'the core'} and {package})")
+
+    def _register(self, name: str, plugin_cls: type, instance: Any, package: str, version: str, given: bool) -> None:
+        label = f"{name} ({package} {version})"
         try:
             self.manager.register(instance, name=name)
             self.manager.check_pending()  # a misspelled hook name fails loudly
@@ -149,7 +172,7 @@ class Catalog:
             if self.manager.has_plugin(name):
                 self.manager.unregister(name=name)
             raise GancoreError(f"plugin {label} is invalid: {one_line(str(error))}") from None
-        info = PluginInfo(name, plugin_cls, package, version, OptionSet(name))
+        info = PluginInfo(name, plugin_cls, package, version, OptionSet(name), instance if given else None)
         try:
             call_plugin(self.manager, info, "gancore_add_options", options=info.options)
         except GancoreError:
@@ -200,7 +223,7 @@ class Catalog:
         manager = new_plugin_manager()
         # pluggy calls the last registered first; register in reverse so chains run in --plugin order
         for name in reversed(names):
-            manager.register(self.plugins[name].cls(), name=name)
+            manager.register(self.plugins[name].new_instance(), name=name)
         _check_first_results(manager)
         for name in names:
             call_plugin(manager, self.plugins[name], "gancore_configure", name=name, config=config, options=config.plugins[name])
@@ -211,6 +234,15 @@ class Catalog:
             for other in self.plugins[name].incompatible_with:
                 if other in names:
                     raise GancoreError(f"plugins {name} and {other} cannot be enabled together ({name} declares it)")
+
+
+def _source_file(cls: type) -> str | None:
+    """The file ``cls`` is defined in, as tracebacks name it (also for a class of a notebook cell)."""
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:  # defined in __main__ without a file (a notebook, an interactive session)
+        code = next((f.__code__ for f in vars(cls).values() if hasattr(f, "__code__")), None)
+        return code.co_filename if code else None
 
 
 def _check_first_results(manager: pluggy.PluginManager) -> None:
@@ -270,7 +302,7 @@ class Run:
         except GancoreError:
             raise
         except Exception as error:
-            files = {inspect.getsourcefile(info.cls): info for info in self.plugins}
+            files = {_source_file(info.cls): info for info in self.plugins}
             trace = error.__traceback__
             while trace is not None:
                 info = files.get(trace.tb_frame.f_code.co_filename)

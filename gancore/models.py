@@ -1,26 +1,67 @@
-"""Networks: MLPs for vectors (and flattened images) and DCGAN-style conv nets for images.
+"""Networks: MLPs for vectors (and flattened images) and DCGAN-style conv nets for images,
+and the adapters that let a user's own networks in (``gancore.fit``).
 
-Any D must return :class:`Critique` so that plugins can read its features.
+Any D must return :class:`Critique` so that plugins can read its features. A user's D that
+returns plain logits is wrapped in :class:`LogitsOnly` (a Critique without features); a
+``body`` + ``head`` pair becomes a D as :class:`Discriminator`.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
 
-from gancore.errors import GancoreError
+from gancore.errors import GancoreError, one_line
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "elu": nn.ELU}
 
 
 class Critique(NamedTuple):
-    """What a discriminator returns: one logit per sample and the features its head reads."""
+    """What a discriminator returns: one logit per sample and the features its head reads
+    (None when D does not expose them: :class:`LogitsOnly`)."""
 
     logits: torch.Tensor
-    features: torch.Tensor
+    features: torch.Tensor | None
+
+
+class LogitsOnly(nn.Module):
+    """Adapts a D that returns plain logits, shape (n,) or (n, 1), to the Critique contract:
+    ``Critique(logits of shape (n,), features=None)``. Plugins that need D's features refuse it."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> Critique:
+        logits = self.inner(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() not in (1, 2) or (logits.dim() == 2 and logits.shape[1] != 1):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise GancoreError(f"the discriminator must return one logit per sample, shape (n,) or (n, 1), or a gancore.models.Critique; it returned {shape}")
+        return Critique(logits.reshape(len(logits)), None)
+
+
+def has_features(D: nn.Module) -> bool:
+    """Whether ``D`` (however plugins wrapped it) returns features in its Critique."""
+    return not any(isinstance(module, LogitsOnly) for module in D.modules())
+
+
+@contextmanager
+def probing(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` without changing them: eval mode (no batch-norm statistics or spectral-norm
+    power iterations move) and no gradients; every submodule's own mode is restored afterwards."""
+    modes = [(module, module.training) for root in modules for module in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -174,3 +215,41 @@ def _refuse_mlp_option(train: SimpleNamespace, name: str, default: object) -> No
     """An MLP-only option set on a run of DCGAN nets is a mistake to report, not to ignore."""
     if getattr(train, name) != default:
         raise GancoreError(f"train.{name} shapes the MLP nets, but this run uses the DCGAN nets (images); set train.model=mlp or leave train.{name} out")
+
+
+def adopt_generator(G: nn.Module, z_dim: int, sample_shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """Check that a user's ``G`` maps noise (n, z_dim) on ``device`` to samples (n, *sample_shape)."""
+    if not isinstance(G, nn.Module):
+        raise GancoreError(f"the generator must be a torch.nn.Module, not {type(G).__name__}")
+    noise = torch.zeros(2, z_dim, device=device)
+    with probing(G):
+        try:
+            out = G(noise)
+        except Exception as error:
+            raise GancoreError(f"the generator fails on noise of shape (2, {z_dim}) ({one_line(error, 160)}); set z_dim to G's input size (or give G a z_dim attribute)") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, *sample_shape):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise GancoreError(f"the generator maps noise (2, {z_dim}) to {shape}, but the data's samples have shape {sample_shape}: it must return (n, {', '.join(map(str, sample_shape))})")
+    return G
+
+
+def adopt_discriminator(D: nn.Module, real: torch.Tensor) -> nn.Module:
+    """A user's ``D`` as the core needs it: itself if it returns a :class:`Critique` on ``real``,
+    wrapped in :class:`LogitsOnly` if it returns plain logits; anything else is refused."""
+    if not isinstance(D, nn.Module):
+        raise GancoreError(f"the discriminator must be a torch.nn.Module, not {type(D).__name__}")
+    with probing(D):
+        try:
+            out = D(real)
+        except GancoreError:
+            raise
+        except Exception as error:
+            raise GancoreError(f"the discriminator fails on training samples of shape {tuple(real.shape)}: {one_line(error, 160)}") from None
+    if isinstance(out, Critique):
+        if out.logits.shape != (len(real),):
+            raise GancoreError(f"the discriminator's Critique has logits of shape {tuple(out.logits.shape)}; it needs one per sample, ({len(real)},)")
+        return D
+    adapted = LogitsOnly(D)
+    with probing(adapted):
+        adapted(real)  # refuses any other output
+    return adapted

@@ -13,7 +13,7 @@ import shutil
 import time
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import tomli_w
 
@@ -105,6 +105,15 @@ class RunLock:
             self.handle = None
 
 
+def _make_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GancoreError(f"cannot create output directory {root}: {exc.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise GancoreError(f"output directory {root} is not writable; choose another with --out")
+
+
 class RunDirectory:
     """The files of one run under ``path``."""
 
@@ -114,15 +123,14 @@ class RunDirectory:
         self.lock = lock
 
     @classmethod
-    def create(cls, root: Path, name: str, run: Run) -> "RunDirectory":
+    def create(cls, root: Path, name: str, run: Run, given: dict | None = None) -> "RunDirectory":
         """Make a new run directory under ``root`` named ``name`` (or ``name-2``, ... when taken),
-        lock it, and write its config and run.json. An existing directory is never reused."""
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GancoreError(f"cannot create output directory {root}: {exc.strerror}") from None
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise GancoreError(f"output directory {root} is not writable; choose another with --out")
+        lock it, and write its config and run.json. An existing directory is never reused.
+
+        :param given: what ``gancore.fit`` was given that config.toml cannot hold (the user's
+            networks, data, plugin objects), recorded in run.json: only gancore.fit resumes such a run.
+        """
+        _make_root(root)
         for attempt in range(1, MAX_SUFFIX + 1):
             path = root / (name if attempt == 1 else f"{name}-{attempt}")
             try:
@@ -134,10 +142,27 @@ class RunDirectory:
                 raise GancoreError(f"cannot create run directory {path}: {exc.strerror}") from None
         else:
             raise GancoreError(f"{name} and {name}-2 … {name}-{MAX_SUFFIX} all exist in {root}; choose another --name or --out")
+        return cls._started(path, run, given)
+
+    @classmethod
+    def create_exactly(cls, path: Path, run: Run, given: dict | None = None) -> "RunDirectory":
+        """Make the new run directory ``path`` itself (gancore.fit's ``run_dir``); an existing one is refused."""
+        _make_root(path.parent)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise GancoreError(f"run_dir {path} exists already; resume it with resume=True, or choose a new directory") from None
+        except OSError as exc:
+            raise GancoreError(f"cannot create run directory {path}: {exc.strerror}") from None
+        return cls._started(path, run, given)
+
+    @classmethod
+    def _started(cls, path: Path, run: Run, given: dict | None) -> "RunDirectory":
         directory = cls(path, RunLock(path).acquire())
         _write_text(path / "config.toml", tomli_w.dumps(run.config.to_toml_dict()))
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write_text(path / "run.json", dump_json({"gancore": __version__, "plugins": run.identity(), "started": started}))
+        meta = {"gancore": __version__, "plugins": run.identity(), "started": started, **({"given": given} if given else {})}
+        _write_text(path / "run.json", dump_json(meta))
         return directory
 
     def append_metrics(self, metrics: dict) -> None:
@@ -239,10 +264,25 @@ def _settings(config: dict) -> dict:
     return flat
 
 
-def open_trainer(path: Path, catalog: Catalog, progress: bool = False, steps: int | None = None) -> "Trainer":
+def given_to_fit(path: Path) -> dict:
+    """What gancore.fit was given for the run at ``path`` and config.toml cannot hold ({} if nothing)."""
+    given = _run_json(path).get("given", {})
+    return given if isinstance(given, dict) else {}
+
+
+def open_trainer(
+    path: Path,
+    catalog: Catalog,
+    progress: bool = False,
+    steps: int | None = None,
+    build: Callable[[Run], Trainer] | None = None,
+) -> "Trainer":
     """Rebuild the trainer of the run at ``path`` from its config.toml and load its latest checkpoint.
 
     :param steps: a new total number of steps (to extend a finished run).
+    :param build: makes the trainer of the resolved run (gancore.fit's, with the user's networks
+        and data); without it, a run that gancore.fit was given networks, data or plugin objects
+        for is refused, since nothing else can rebuild it.
     """
     from gancore.checkpoint import latest_checkpoint, load_checkpoint
     from gancore.config import read_toml
@@ -250,6 +290,12 @@ def open_trainer(path: Path, catalog: Catalog, progress: bool = False, steps: in
 
     if not (path / "config.toml").is_file():
         raise GancoreError(f"{path} is not a gancore run directory (no config.toml)")
+    given = given_to_fit(path)
+    if given and build is None:
+        raise GancoreError(
+            f"run {path} was trained by gancore.fit with your own {' and '.join(given)}; "
+            f"only Python can rebuild it: gancore.fit(..., run_dir={str(path)!r}, resume=True)"
+        )
     data = read_toml(path / "config.toml")
     _check_plugins_installed(path, list(data.get("plugins", {})), catalog)
     values = {CORE: {**data.get(CORE, {}), **({} if steps is None else {"steps": steps})}, **data.get("plugins", {})}
@@ -260,7 +306,7 @@ def open_trainer(path: Path, catalog: Catalog, progress: bool = False, steps: in
     if steps is not None and steps < state["step"]:
         raise GancoreError(f"--steps {steps} is below the step the run has reached ({state['step']}); give a larger total")
     with run.reporting_plugin_faults():
-        trainer = Trainer(run, progress=progress)
+        trainer = Trainer(run, progress=progress) if build is None else build(run)
     state = load_checkpoint(checkpoint, trainer.device) if trainer.device.type != "cpu" else state
     with run.reporting_plugin_faults():
         try:
@@ -273,7 +319,7 @@ def open_trainer(path: Path, catalog: Catalog, progress: bool = False, steps: in
     return trainer
 
 
-def resume_run(path: Path, catalog: Catalog, progress: bool, steps: int | None) -> "Trainer":
+def resume_run(path: Path, catalog: Catalog, progress: bool, steps: int | None, build: Callable[[Run], Trainer] | None = None) -> "Trainer":
     """Open a run to continue training, holding its lock: metrics logged after its last
     checkpoint are dropped (they are recomputed), and leftovers of an interrupted checkpoint
     write are removed. config.toml is rewritten only when ``steps`` changes the total."""
@@ -281,7 +327,7 @@ def resume_run(path: Path, catalog: Catalog, progress: bool, steps: int | None) 
         raise GancoreError(f"{path} is not a gancore run directory (no config.toml)")
     lock = RunLock(path).acquire()
     try:
-        trainer = open_trainer(path, catalog, progress, steps)
+        trainer = open_trainer(path, catalog, progress, steps, build)
         trainer.output.lock = lock
         if steps is not None:
             _write_text(path / "config.toml", tomli_w.dumps(trainer.config.to_toml_dict()))

@@ -57,9 +57,10 @@ class Batch:
 class Models:
     """The run's networks by name, each assigned to a player (``"G"`` or ``"D"``) whose optimizer trains it."""
 
-    def __init__(self, G: nn.Module, D: nn.Module):
+    def __init__(self, G: nn.Module, D: nn.Module, given: frozenset[str] = frozenset()):
         self.modules: dict[str, nn.Module] = {"G": G, "D": D}
         self.players: dict[str, str] = {"G": "G", "D": "D"}
+        self.given = given  # "G", "D": the networks the user gave (gancore.fit), not built by the core
 
     G = property(lambda self: self.modules["G"], lambda self, m: self.modules.__setitem__("G", m))
     D = property(lambda self: self.modules["D"], lambda self, m: self.modules.__setitem__("D", m))
@@ -100,7 +101,15 @@ class Trainer:
     ``run_steps``, ``reinitialize``, ``mark_good`` and ``evaluate``.
     """
 
-    def __init__(self, run: Run, dataset: Dataset | None = None, output: RunDirectory | None = None, progress: bool = True):
+    def __init__(
+        self,
+        run: Run,
+        dataset: Dataset | None = None,
+        output: RunDirectory | None = None,
+        progress: bool = True,
+        generator: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+    ):
         self.run = run
         self.config = run.config
         self.train = run.config.train
@@ -125,11 +134,17 @@ class Trainer:
         self.lr_scale = 1.0  # halved by every rollback after a non-finite loss
         self.lr_decay_span = (0, train.steps)  # train.lr_decay="linear" goes from 1 to 0 over these steps
         self.rollbacks = 0
-        self.models = Models(build_generator(train, self.dataset.shape), build_discriminator(train, self.dataset.shape))
+        self.models = Models(
+            build_generator(train, self.dataset.shape) if generator is None else generator,
+            build_discriminator(train, self.dataset.shape) if discriminator is None else discriminator,
+            frozenset(name for name, given in (("G", generator), ("D", discriminator)) if given is not None),
+        )
         self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
         for module in self.models.modules.values():
             module.to(self.device)
         self.optimizers = {player: self._new_optimizer(player) for player in PLAYERS}
+        first_points = self.dataset.points[torch.arange(train.batch_size, device=self.device) % len(self.dataset.points)]
+        self.hook.gancore_check_models(trainer=self, real=first_points)
         self._last_good = copy.deepcopy(self.state_dict())
 
     # --- building blocks plugins use -----------------------------------------------------------

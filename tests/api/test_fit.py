@@ -1,0 +1,184 @@
+"""gancore.fit: the same training as `gancore train`, with settings, data and plugins from Python."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gancore
+from gancore import GancoreError, hookimpl
+from gancore.checkpoint import latest_checkpoint, load_checkpoint
+from tests.cli_helpers import run_cli
+
+SETTINGS = {"steps": 30, "batch_size": 32, "device": "cpu", "z_dim": 4, "g_width": 16, "d_width": 16,
+            "n_train": 500, "eval_samples": 400, "eval_every": 10, "checkpoint_every": 10}
+FLAGS = ["--steps", "30", "--batch-size", "32", "--device", "cpu", "-q"] + [
+    arg for key in ("z_dim", "g_width", "d_width", "n_train", "eval_samples", "eval_every", "checkpoint_every")
+    for arg in ("--set", f"train.{key}={SETTINGS[key]}")
+]
+
+
+def final_state(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), "cpu")
+
+
+def assert_same_models(left: dict, right: dict):
+    assert left.keys() == right.keys()
+    for name in left:
+        assert left[name].keys() == right[name].keys()
+        for key in left[name]:
+            assert torch.equal(left[name][key], right[name][key]), f"{name}.{key}"
+
+
+def state_of(result):
+    return {name: module.state_dict() for name, module in result.models.items()}
+
+
+def test_fit_and_the_command_line_train_bit_identically(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", *FLAGS, "-p", "instance-noise", "-s", "instance-noise.std=0.3", "-p", "replay",
+                           "--out", str(tmp_path / "cli"), "--name", "run")
+    assert code == 0, err
+    result = gancore.fit(plugins=[("instance-noise", {"std": 0.3}), "replay"], run_dir=tmp_path / "api", progress=False, **SETTINGS)
+    cli_run, api_run = tmp_path / "cli" / "run", tmp_path / "api"
+    assert json.loads((api_run / "summary.json").read_text()) == json.loads((cli_run / "summary.json").read_text()) == result.summary
+    assert (api_run / "metrics.jsonl").read_text() == (cli_run / "metrics.jsonl").read_text()
+    assert (api_run / "config.toml").read_text() == (cli_run / "config.toml").read_text()
+    assert sorted(p.name for p in (api_run / "checkpoints").iterdir()) == sorted(p.name for p in (cli_run / "checkpoints").iterdir())
+    assert_same_models(final_state(api_run)["models"], final_state(cli_run)["models"])
+    assert_same_models(state_of(result), final_state(cli_run)["models"])
+    assert [m["step"] for m in result.history] == [10, 20, 30]
+
+
+def test_array_data_trains_as_the_same_points_from_a_file(tmp_path, capsys):
+    points = np.random.default_rng(1).normal(size=(300, 3)).astype(np.float32)
+    np.save(tmp_path / "points.npy", points)
+    code, _, err = run_cli(capsys, "train", *FLAGS, "--data", str(tmp_path / "points.npy"), "--out", str(tmp_path), "--name", "cli")
+    assert code == 0, err
+    from_array = gancore.fit(data=points, progress=False, **SETTINGS)
+    from_tensor = gancore.fit(data=torch.from_numpy(points), progress=False, **SETTINGS)
+    assert_same_models(state_of(from_array), final_state(tmp_path / "cli")["models"])
+    assert_same_models(state_of(from_tensor), state_of(from_array))
+    assert from_array.summary["dataset"] == "user-data"
+
+
+def test_without_run_dir_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = gancore.fit(progress=False, **SETTINGS)
+    assert list(tmp_path.iterdir()) == [] and result.run_dir is None
+    assert result.summary["step"] == 30 and result.sample(5).shape == (5, 2)
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    settings = {**SETTINGS, "steps": 20}
+    gancore.fit(plugins=["replay"], run_dir=tmp_path / "run", progress=False, **settings)
+    resumed = gancore.fit(plugins=["replay"], run_dir=tmp_path / "run", resume=True, progress=False, **{**settings, "steps": 40})
+    straight = gancore.fit(plugins=["replay"], progress=False, **{**settings, "steps": 40})
+    assert resumed.summary == straight.summary and resumed.summary["step"] == 40
+    assert_same_models(state_of(resumed), state_of(straight))
+    assert [m["step"] for m in resumed.history] == [10, 20, 30, 40]
+
+
+def test_resume_refuses_other_settings_plugins_or_data(tmp_path):
+    data = torch.randn(200, 2)
+    gancore.fit(data=data, run_dir=tmp_path / "run", progress=False, **SETTINGS)
+    with pytest.raises(GancoreError, match=r"train.lr_d = 0.0001, this call 0.002; resume with the same settings"):
+        gancore.fit(data=data, run_dir=tmp_path / "run", resume=True, progress=False, **{**SETTINGS, "lr_d": 2e-3})
+    with pytest.raises(GancoreError, match=r"enables plugins \[\], this call \[ema\]"):
+        gancore.fit(data=data, plugins=["ema"], run_dir=tmp_path / "run", resume=True, progress=False, **SETTINGS)
+    with pytest.raises(GancoreError, match=r"was started with data of shape \(200, 2\) \(sha256 \w+\), this call gives data of shape"):
+        gancore.fit(data=data + 1, run_dir=tmp_path / "run", resume=True, progress=False, **SETTINGS)
+    with pytest.raises(GancoreError, match="run_dir .* exists already; resume it with resume=True"):
+        gancore.fit(data=data, run_dir=tmp_path / "run", progress=False, **SETTINGS)
+    with pytest.raises(GancoreError, match="resume=True continues the run in run_dir; give run_dir"):
+        gancore.fit(data=data, resume=True, progress=False, **SETTINGS)
+
+
+def test_the_command_line_refuses_to_resume_a_run_only_python_can_rebuild(tmp_path, capsys):
+    gancore.fit(data=torch.randn(200, 2), run_dir=tmp_path / "run", progress=False, **SETTINGS)
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path / "run"))
+    assert code == 2
+    assert err == (f"gancore: error: run {tmp_path / 'run'} was trained by gancore.fit with your own data; "
+                   f"only Python can rebuild it: gancore.fit(..., run_dir='{tmp_path / 'run'}', resume=True)\n")
+
+
+class CountSteps:
+    """Counts steps and scales the adversarial G loss (an inline plugin with an option)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    @hookimpl
+    def gancore_add_options(self, options):
+        options.add("scale", float, 1.0, "factor on G's adversarial loss", min=0)
+
+    @hookimpl
+    def gancore_configure(self, options):
+        self.scale = options.scale
+
+    @hookimpl
+    def gancore_generator_loss(self, terms):
+        terms["adversarial"] = self.scale * terms["adversarial"]
+
+    @hookimpl
+    def gancore_step_end(self, logs):
+        self.steps += 1
+        logs["count/steps"] = torch.tensor(float(self.steps))
+
+
+def test_plugin_objects_and_classes_run_inline_with_options():
+    counter = CountSteps()
+    result = gancore.fit(plugins=[(counter, {"scale": 0.0}), "ema"], progress=False, **SETTINGS)
+    assert counter.steps == 30 and counter.scale == 0.0
+    assert result.summary["plugins"] == ["count-steps", "ema"] and result.summary["count/steps"] == 30.0
+    assert result.summary["loss_G/adversarial"] == 0.0
+    by_class = gancore.fit(plugins=CountSteps, progress=False, **SETTINGS)
+    assert by_class.summary["count/steps"] == 30.0 and by_class.summary["loss_G/adversarial"] != 0.0
+
+
+class NoHooks:
+    def step_end(self):
+        pass
+
+
+class Broken:
+    def __init__(self):
+        raise RuntimeError("no")
+
+
+class Named:
+    name = "label-noise"
+
+    @hookimpl
+    def gancore_step_end(self):
+        raise ValueError("boom")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stepz": 3}, r"^unknown option train.stepz \(options of train: "),
+    ({"steps": "many"}, r"^train.steps='many': expected int$"),
+    ({"lr_d": True}, r"^train.lr_d=True: expected a number$"),
+    ({"loss": "l2"}, r"^train.loss='l2': choose one of "),
+    ({"data": np.zeros((0, 2))}, r"^gancore.fit data: points must be a non-empty \(samples, ...\); got shape \(0, 2\)$"),
+    ({"data": np.array(3.0)}, r"^gancore.fit data: points must be a non-empty"),
+    ({"data": np.array([["a", "b"]])}, r"^gancore.fit data: points must be real numbers, got dtype <U1$"),
+    ({"data": torch.ones(4, 2, dtype=torch.complex64)}, r"must be real numbers, got dtype complex64$"),
+    ({"data": torch.tensor([[0.0, float("nan")]])}, r"^gancore.fit data: points contain NaN or Inf"),
+    ({"data": np.array([[1e39, 0.0]])}, r"beyond float32's range"),
+    ({"data": [[0.0, 1.0]]}, r"^gancore.fit data: give a tensor, a numpy array, a torch Dataset or DataLoader, or a file path; not list$"),
+    ({"data": torch.ones(10, 2), "dataset": "ring8"}, r"^gancore.fit: give your data or the dataset/data setting, not both$"),
+    ({"modes": [[0.0, 0.0]]}, r"^gancore.fit: modes, radius and scorer describe your data"),
+    ({"data": torch.ones(10, 2), "modes": [[0.0, 0.0]]}, r"^gancore.fit: with modes give radius, a positive number"),
+    ({"data": torch.ones(10, 2), "modes": [[0.0, 0.0, 0.0]], "radius": 1}, r"each mode has 3 values but each sample has 2$"),
+    ({"plugins": [NoHooks()]}, r"^plugin object no-hooks \(NoHooks\) implements no gancore hook; mark its methods with @gancore.hookimpl$"),
+    ({"plugins": ["pacgan", ("pacgan", 2)]}, r"^gancore.fit plugins: a pair is \(name or plugin object, \{option: value\}\)"),
+    ({"plugins": ["no-such-plugin"]}, r"^unknown plugin 'no-such-plugin' \(available: "),
+    ({"plugins": [("pacgan", {"k": 2})]}, r"^unknown option pacgan.k \(options of pacgan: m\)$"),
+    ({"plugins": [Broken]}, r"^plugin broken \(inline\) failed in __init__: RuntimeError: no$"),
+    ({"plugins": [CountSteps(), CountSteps()]}, r"^two plugins are named 'count-steps'"),
+    ({"plugins": [Named()]}, r"^plugin label-noise \(inline\) failed in gancore_step_end: ValueError: boom$"),
+])
+def test_bad_input_is_one_line_error(kwargs, message):
+    with pytest.raises(GancoreError, match=message) as error:
+        gancore.fit(progress=False, **{**SETTINGS, **kwargs})
+    assert "\n" not in str(error.value)
