@@ -119,9 +119,9 @@ def fit(
         dataset.to(device)
         G = D = None
         if generator is not None:
-            G = adopt_generator(copy.deepcopy(generator).to(device), train.z_dim, dataset.shape, device)
+            G = adopt_generator(copy.deepcopy(generator), train.z_dim, dataset.shape, device)
         if discriminator is not None:
-            D = adopt_discriminator(copy.deepcopy(discriminator).to(device), dataset.points[:2])
+            D = adopt_discriminator(copy.deepcopy(discriminator), dataset.points[:2])
         return Trainer(run, dataset, progress=progress, generator=G, discriminator=D)
 
     if resume:

@@ -156,20 +156,23 @@ def gancore_build_models(models: Models, config: RunConfig, dataset: Dataset) ->
 
 
 @hookspec
-def gancore_check_models(trainer: Trainer, real: torch.Tensor) -> None:
+def gancore_check_models(trainer: Trainer, batch: Batch) -> None:
     """Refuse networks this plugin cannot work with, before any training step.
 
     Called once per run (chain), when the trainer is built: after ``gancore_build_models``, with
     the networks on their device and the optimizers built. Networks the user gave
     (``gancore.fit``) are named in ``trainer.models.given``. Raise
     :class:`gancore.errors.GancoreError` with one line that names the plugin and what the network
-    lacks (``"pacgan needs ..."``). A check may run the networks on ``real`` inside
+    lacks (``"pacgan needs ..."``). A check may run D on ``batch.real`` / ``batch.fake`` inside
     :func:`gancore.models.probing` (eval mode, no grad: batch-norm statistics and spectral-norm
     vectors stay as they are), but must change no state and draw nothing from
     ``trainer.generator`` or torch's global RNG: a run is the same with and without its checks.
 
     :param trainer: the trainer; its step is 0 (a resumed run's state is loaded afterwards).
-    :param real: ``train.batch_size`` training points (the first ones, repeated if too few).
+    :param batch: a Batch of phase ``"check"``: ``real`` holds ``train.batch_size`` training points
+        (the first ones, repeated if too few), ``z`` zeros and ``fake`` G(z) (eval mode). A plugin
+        that changes what D reads in ``gancore_discriminator_batch`` makes the same change here
+        (``tryfirst``, deterministically), so that the chain's checks run D on what it reads.
     """
 
 

@@ -4,6 +4,19 @@ and the adapters that let a user's own networks in (``gancore.fit``).
 Any D must return :class:`Critique` so that plugins can read its features. A user's D that
 returns plain logits is wrapped in :class:`LogitsOnly` (a Critique without features); a
 ``body`` + ``head`` pair becomes a D as :class:`Discriminator`.
+
+The contract for a user's networks (README, "Your own networks"): G maps noise (n, z_dim) to
+samples (n, *shape); D maps samples to one logit per sample. What the built-in plugins need
+beyond that, each checked before training (``gancore_check_models`` or ``gancore_build_models``):
+
+* minibatch-discrimination: a :class:`Discriminator` whose head is one ``Linear(A, 1)``;
+* feature-matching: features (a :class:`Discriminator`, or a Critique with ``features``);
+* pacgan: D's first registered Linear or convolution is its input layer;
+* unrolled: D's logits are a differentiable function of its parameters and buffers under
+  ``torch.func.functional_call``, twice differentiable;
+* veegan: no given D (it builds its own joint critic of (z, x) pairs);
+* wgan-gp: D's logits differentiable with respect to its input, twice;
+* adagan: every layer holding parameters has ``reset_parameters()``.
 """
 from __future__ import annotations
 
@@ -218,9 +231,10 @@ def _refuse_mlp_option(train: SimpleNamespace, name: str, default: object) -> No
 
 
 def adopt_generator(G: nn.Module, z_dim: int, sample_shape: tuple[int, ...], device: torch.device) -> nn.Module:
-    """Check that a user's ``G`` maps noise (n, z_dim) on ``device`` to samples (n, *sample_shape)."""
+    """A user's ``G``, moved to ``device``, once it maps noise (n, z_dim) to samples (n, *sample_shape)."""
     if not isinstance(G, nn.Module):
         raise GancoreError(f"the generator must be a torch.nn.Module, not {type(G).__name__}")
+    G.to(device)
     noise = torch.zeros(2, z_dim, device=device)
     with probing(G):
         try:
@@ -234,10 +248,11 @@ def adopt_generator(G: nn.Module, z_dim: int, sample_shape: tuple[int, ...], dev
 
 
 def adopt_discriminator(D: nn.Module, real: torch.Tensor) -> nn.Module:
-    """A user's ``D`` as the core needs it: itself if it returns a :class:`Critique` on ``real``,
+    """A user's ``D`` as the core needs it, on ``real``'s device: itself if it returns a :class:`Critique` on ``real``,
     wrapped in :class:`LogitsOnly` if it returns plain logits; anything else is refused."""
     if not isinstance(D, nn.Module):
         raise GancoreError(f"the discriminator must be a torch.nn.Module, not {type(D).__name__}")
+    D.to(real.device)
     with probing(D):
         try:
             out = D(real)

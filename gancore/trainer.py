@@ -16,7 +16,7 @@ from gancore.data import Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.losses import LOSSES
 from gancore.memory import check_training_fits
-from gancore.models import build_discriminator, build_generator
+from gancore.models import build_discriminator, build_generator, probing
 
 if TYPE_CHECKING:
     from gancore.manager import Run
@@ -45,7 +45,8 @@ class TrainingInterrupted(BaseException):
 
 @dataclass
 class Batch:
-    """What one update works on. ``phase`` is ``"D"`` or ``"G"``; ``real`` is None in the G phase."""
+    """What one update works on. ``phase`` is ``"D"`` or ``"G"`` (``"check"``: the probe of
+    ``gancore_check_models``); ``real`` is None in the G phase."""
 
     phase: str
     step: int
@@ -143,9 +144,17 @@ class Trainer:
         for module in self.models.modules.values():
             module.to(self.device)
         self.optimizers = {player: self._new_optimizer(player) for player in PLAYERS}
-        first_points = self.dataset.points[torch.arange(train.batch_size, device=self.device) % len(self.dataset.points)]
-        self.hook.gancore_check_models(trainer=self, real=first_points)
+        self.hook.gancore_check_models(trainer=self, batch=self._check_batch())
         self._last_good = copy.deepcopy(self.state_dict())
+
+    def _check_batch(self) -> Batch:
+        """What ``gancore_check_models`` probes with, drawing no random numbers: the first
+        ``batch_size`` training points (repeated if too few), zero noise and G's samples of it."""
+        points = self.dataset.points
+        z = torch.zeros(self.train.batch_size, self.train.z_dim, device=self.device)
+        with probing(self.models.G):
+            fake = self.models.G(z)
+        return Batch("check", 0, z, fake, points[torch.arange(self.train.batch_size, device=points.device) % len(points)])
 
     # --- building blocks plugins use -----------------------------------------------------------
 

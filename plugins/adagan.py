@@ -56,6 +56,7 @@ import math
 import torch
 from torch import nn
 from torch.nn.functional import softplus
+from torch.nn.utils.parametrize import ParametrizationList
 
 from gancore import GancoreError, hookimpl
 from gancore.models import Discriminator
@@ -120,6 +121,18 @@ class AdaGan:
         self.options = options
         self.rounds = options.rounds
         self.beta = options.beta
+
+    @hookimpl
+    def gancore_check_models(self, trainer):
+        # every round starts from fresh weights: trainer.reinitialize resets layers that can reset
+        for name, module in trainer.models.modules.items():
+            for layer_name, layer in module.named_modules():
+                has_own = any(True for _ in layer.parameters(recurse=False))
+                if has_own and not hasattr(layer, "reset_parameters") and not isinstance(layer, ParametrizationList):
+                    raise GancoreError(
+                        f"adagan starts every round from fresh weights, but {name}'s layer {layer_name or '(the network itself)'} "
+                        f"({type(layer).__name__}) holds parameters and has no reset_parameters() method; give it one"
+                    )
 
     # --- the schedule ----------------------------------------------------------------------------
 

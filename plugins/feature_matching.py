@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from gancore import hookimpl
+from gancore import GancoreError, hookimpl
+from gancore.models import probing
 
 
 class FeatureMatching:
@@ -46,6 +47,16 @@ class FeatureMatching:
         """‖mean real − mean fake‖ (squared L2, or L1) over the batch dimension."""
         gap = real_features.flatten(1).mean(0) - fake_features.flatten(1).mean(0)
         return gap.pow(2).sum() if self.norm == "l2" else gap.abs().sum()
+
+    @hookimpl
+    def gancore_check_models(self, trainer, batch):
+        with probing(trainer.models.D):
+            features = trainer.models.D(batch.real).features
+        if not isinstance(features, torch.Tensor):
+            raise GancoreError(
+                "feature-matching needs D's features: return gancore.models.Critique(logits, features), "
+                "or build D as gancore.models.Discriminator(body, head) (features = body's output)"
+            )
 
     @hookimpl
     def gancore_generator_loss(self, trainer, fake, critic, terms):

@@ -28,6 +28,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from gancore import GancoreError, hookimpl
+from gancore.errors import one_line
+from gancore.models import probing
 
 
 class Packed(nn.Module):
@@ -51,12 +53,12 @@ class Packed(nn.Module):
         return f"m={self.m}, channels={self.channels}"
 
 
-def _input_layer(module: nn.Module) -> tuple[nn.Module, str, nn.Module]:
-    """(parent, attribute, layer) of ``module``'s input layer: its first Linear or convolution."""
+def _input_layer(module: nn.Module) -> tuple[str, nn.Module, str, nn.Module]:
+    """(name, parent, attribute, layer) of ``module``'s input layer: its first Linear or convolution."""
     for name, layer in module.named_modules():
         if name and isinstance(layer, (nn.Linear, _ConvNd)):
             parent_name, _, attribute = name.rpartition(".")
-            return module.get_submodule(parent_name), attribute, layer
+            return name, module.get_submodule(parent_name), attribute, layer
     raise GancoreError(f"pacgan needs D's input layer to be a Linear or a convolution it can widen to m× inputs; {type(module).__name__} has neither")
 
 
@@ -85,6 +87,7 @@ class PacGAN:
 
     def __init__(self) -> None:
         self.m = 2
+        self.widened = ""  # "Linear body.0": the layer gancore_build_models widened, for messages
 
     @hookimpl
     def gancore_add_options(self, options):
@@ -98,6 +101,20 @@ class PacGAN:
 
     @hookimpl
     def gancore_build_models(self, models):
-        parent, attribute, layer = _input_layer(models.D)
+        name, parent, attribute, layer = _input_layer(models.D)
         setattr(parent, attribute, _widened(layer, self.m))
+        self.widened = f"{type(layer).__name__} {name}"
         models.D = Packed(models.D, self.m, channels=isinstance(layer, _ConvNd))
+
+    @hookimpl
+    def gancore_check_models(self, trainer, batch):
+        try:
+            with probing(trainer.models.D):
+                trainer.models.D(batch.real)
+        except GancoreError:
+            raise
+        except Exception as error:
+            raise GancoreError(
+                f"pacgan widened D's first Linear or convolution ({self.widened}) to read packs of {self.m}, and D then fails "
+                f"({one_line(error, 100)}): D's input layer must be its first registered Linear or convolution"
+            ) from None

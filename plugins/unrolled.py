@@ -52,7 +52,7 @@ from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from gancore import GancoreError, hookimpl
-from gancore.models import Critique
+from gancore.models import Critique, probing
 from gancore.trainer import Batch
 
 
@@ -81,6 +81,21 @@ class Unrolled:
     @hookimpl
     def gancore_configure(self, options):
         self.steps, self.backprop, self.plugin_terms = options.steps, options.backprop, options.plugin_terms
+
+    @hookimpl
+    def gancore_check_models(self, trainer, batch):
+        D = trainer.models.D
+        rule = update_rule(trainer.optimizers["D"], D)  # refuses optimizers it cannot unroll
+        params = {name: p.detach().requires_grad_() for name, p in D.named_parameters() if name in rule.shapes}
+        with probing(D), torch.enable_grad():
+            logits = functional_call(D, {**dict(D.named_buffers()), **params}, (batch.real,)).logits
+            grads = torch.autograd.grad(logits.sum(), list(params.values()), allow_unused=True)
+        unused = [name for name, grad in zip(params, grads) if grad is None]
+        if unused:
+            raise GancoreError(
+                f"unrolled needs D's logits to be a differentiable function of its parameters under torch.func.functional_call, "
+                f"but they do not depend on {unused[0]}{f' (and {len(unused) - 1} more)' if len(unused) > 1 else ''}: read parameters as module attributes, without .data or .detach()"
+            )
 
     @hookimpl
     def gancore_generator_critic(self, trainer, batch):

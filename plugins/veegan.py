@@ -153,11 +153,17 @@ class Veegan:
 
     @hookimpl(tryfirst=True)
     def gancore_build_models(self, models, config, dataset):
+        if "D" in models.given:
+            raise GancoreError("veegan builds its own critic of (z, x) pairs and cannot use a given discriminator; pass discriminator=None (any generator works)")
         train, options = config.train, self.options
         width = options.width or train.g_width
         depth = options.depth or train.g_depth
         models.add("F", Reconstructor(dataset.dim, train.z_dim, width, depth, train.activation, self.learned_scale), player="G")
         models.D = Discriminator.mlp(train.z_dim + dataset.dim, train.d_width, train.d_depth, train.activation, train.d_maxout)
+
+    @hookimpl(tryfirst=True)
+    def gancore_check_models(self, batch):
+        batch.real, batch.fake = pair(batch.z, batch.real), pair(batch.z, batch.fake)  # what the critic reads
 
     @hookimpl(tryfirst=True)
     def gancore_discriminator_batch(self, trainer, batch):

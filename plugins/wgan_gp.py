@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import warnings
 
+import torch
+
 from gancore import GancoreError, hookimpl
 from gancore.kernels import gradient_penalty
+from gancore.models import probing
 
 
 class WganGp:
@@ -51,6 +54,14 @@ class WganGp:
         config.suggest(name, loss="wasserstein", n_critic=5, lr_d=1e-4, lr_g=1e-4, betas_d=(0.5, 0.9), betas_g=(0.5, 0.9))
         if "minibatch-discrimination" in config.plugins:
             warnings.warn("wgan-gp with minibatch-discrimination: the WGAN-GP paper questions a per-sample gradient penalty on a critic that couples the samples of a batch")
+
+    @hookimpl
+    def gancore_check_models(self, trainer, batch):
+        with probing(trainer.models.D), torch.enable_grad():
+            x = batch.real.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(trainer.models.D(x).logits.sum(), x, allow_unused=True)
+        if grad is None:
+            raise GancoreError("wgan-gp penalizes the gradient of D's logits with respect to its input, but D's logits do not depend differentiably on its input")
 
     @hookimpl
     def gancore_discriminator_loss(self, trainer, batch, real, terms):

@@ -9,10 +9,12 @@ from torch import nn
 from torch.func import functional_call
 
 from gancore import GancoreError, hookimpl
+from gancore.data import load_dataset
 from gancore.models import Discriminator
 from gancore.plugins import pacgan  # its pack wrapper: D reads pairs of consecutive samples
 from gancore.plugins.unrolled import _AdamStep, unroll
 from gancore.trainer import Batch
+from tests.conftest import TINY
 
 # smooth nets (tanh: finite differences see no kinks), a D learning rate large enough that the
 # unrolled steps move D visibly, and a few steps so that D's optimizer state is not trivial
@@ -28,8 +30,9 @@ def float64():
 
 
 def build(make_trainer, plugins=("unrolled",), steps=2, warmup=2, extra=None, train=None):
-    trainer = make_trainer(list(plugins), extra=extra, train={**SMOOTH, **(train or {})}, options={"unrolled": {"steps": steps}} if "unrolled" in plugins else None)
-    trainer.dataset.points = trainer.dataset.points.to(torch.get_default_dtype())
+    data = load_dataset("ring8", "", TINY["n_train"], 0)
+    data.points = data.points.to(torch.get_default_dtype())  # from the start: plugins' model checks run on it
+    trainer = make_trainer(list(plugins), extra=extra, train={**SMOOTH, **(train or {})}, options={"unrolled": {"steps": steps}} if "unrolled" in plugins else None, dataset=data)
     for _ in range(warmup):
         trainer.train_step()
     return trainer

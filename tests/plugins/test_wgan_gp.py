@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from gancore import GancoreError, hookimpl
+from gancore.data import load_dataset
 from gancore.models import Discriminator
 from gancore.plugins import pacgan  # its pack wrapper: D reads pairs of consecutive samples
+from tests.conftest import TINY
 
 
 @pytest.fixture
@@ -67,8 +69,9 @@ class AfterPacked(After):
 @pytest.mark.parametrize("packed", [False, True], ids=["per-sample", "pacgan-packs"])
 def test_penalty_and_its_gradient_match_a_float64_reference(make_trainer, float64, packed):
     extra = {"before": Before, "after": AfterPacked if packed else After, **({"packed": Packed} if packed else {})}
-    trainer = make_trainer((["packed"] if packed else []) + ["before", "wgan-gp", "after"], extra=extra, options={"wgan-gp": {"weight": 3.0}})
-    trainer.dataset.points = trainer.dataset.points.double()
+    data = load_dataset("ring8", "", TINY["n_train"], 0)
+    data.points = data.points.double()  # float64 data for the float64 nets, from the start (their checks run on it)
+    trainer = make_trainer((["packed"] if packed else []) + ["before", "wgan-gp", "after"], extra=extra, options={"wgan-gp": {"weight": 3.0}}, dataset=data)
     for _ in range(2):
         trainer.train_step()
     seen = trainer.run.manager.get_plugin("after").seen
