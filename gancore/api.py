@@ -36,7 +36,8 @@ class Result:
     :ivar summary: the final evaluation (as ``summary.json``): step, losses, mode metrics if known.
     :ivar history: every evaluation's metrics, in order (as ``metrics.jsonl``).
     :ivar models: the trained networks by name (``"G"``, ``"D"`` as plugins wrapped it, and
-        any a plugin added, such as VEEGAN's ``"F"``), in eval mode.
+        any a plugin added, such as VEEGAN's ``"F"``), in training mode as the trainer left them
+        (call ``.eval()`` for inference with batch-norm running statistics).
     :ivar run_dir: the run directory written, or None.
     """
 
@@ -84,7 +85,8 @@ def fit(
         path (as ``--data``), or None for the built-in ``dataset`` setting.
     :param plugins: in order, each a plugin name (``"pacgan"``), a plugin object or class with
         ``@gancore.hookimpl`` methods (named by its ``name`` attribute, else its class name in
-        kebab case: ``LabelNoise`` -> ``label-noise``), or a pair ``(name or object, {option: value})``.
+        kebab case: ``LabelNoise`` -> ``label-noise``), or a pair ``(name or object, {option: value})``;
+        or a dict ``{name or object: {option: value}}``.
     :param run_dir: write a run directory there (config, metrics, checkpoints, pictures), as
         ``gancore train`` does; None writes nothing.
     :param resume: continue the run in ``run_dir`` from its last checkpoint; give the same
@@ -136,8 +138,6 @@ def fit(
             trainer.output = RunDirectory.create_exactly(Path(run_dir), run, given)
     resume_hint = f"gancore.fit(..., run_dir={str(trainer.output.path)!r}, resume=True)" if trainer.output else ""
     summary = train(trainer, new_run=not resume, resume_hint=resume_hint)
-    for module in trainer.models.modules.values():
-        module.eval()
     return Result(summary, list(trainer.history), dict(trainer.models.modules), trainer.output.path if trainer.output else None, trainer)
 
 
@@ -185,6 +185,8 @@ def _plugin_choices(catalog: Catalog, plugins: Iterable[Any]) -> tuple[list[str]
     single_pair = isinstance(plugins, tuple) and len(plugins) == 2 and isinstance(plugins[1], dict)
     if single_pair or isinstance(plugins, str) or not isinstance(plugins, Iterable):
         plugins = [plugins]
+    elif isinstance(plugins, dict):
+        plugins = list(plugins.items())
     names: list[str] = []
     values: dict[str, dict] = {}
     objects: list[str] = []

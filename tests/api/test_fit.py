@@ -182,3 +182,32 @@ def test_bad_input_is_one_line_error(kwargs, message):
     with pytest.raises(GancoreError, match=message) as error:
         gancore.fit(progress=False, **{**SETTINGS, **kwargs})
     assert "\n" not in str(error.value)
+
+
+def test_plugins_as_a_dict_of_options():
+    result = gancore.fit(plugins={"instance-noise": {"std": 0.3}, "replay": {}}, progress=False, **SETTINGS)
+    assert result.trainer.config.plugins["instance-noise"].std == 0.3 and result.summary["plugins"] == ["instance-noise", "replay"]
+
+
+class Interrupt:
+    """Sends this process SIGINT at the end of step 14 (as Ctrl-C would)."""
+
+    @hookimpl
+    def gancore_step_end(self, step):
+        if step == 14:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_checkpoints_a_run_dir_and_resume_finishes_it_bit_identically(tmp_path):
+    settings = {**SETTINGS, "checkpoint_every": 0}
+    with pytest.raises(GancoreError) as stopped:
+        gancore.fit(plugins=[Interrupt()], run_dir=tmp_path / "run", progress=False, **settings)
+    assert str(stopped.value) == f"SIGINT at step 15: checkpoint written; continue with gancore.fit(..., run_dir='{tmp_path / 'run'}', resume=True)"
+    assert stopped.value.exit_code == 130
+    resumed = gancore.fit(plugins=[Interrupt()], run_dir=tmp_path / "run", resume=True, progress=False, **settings)
+    uninterrupted = gancore.fit(progress=False, **settings)  # Interrupt changes nothing but the stop
+    assert resumed.summary["step"] == 30
+    assert_same_models(state_of(resumed), state_of(uninterrupted))
