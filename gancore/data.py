@@ -15,7 +15,7 @@ import torch
 
 from gancore.errors import GancoreError, one_line
 from gancore.files import check_regular_file
-from gancore.memory import check_dataset_fits
+from gancore.memory import check_dataset_fits, require
 from gancore.metrics import mode_coverage
 
 
@@ -253,7 +253,8 @@ def _materialized(dataset: torch.utils.data.Dataset, where: str) -> np.ndarray:
     if n == 0:
         raise GancoreError(f"{where}: the Dataset is empty")
     first = _sample_of(dataset[0])
-    check_dataset_fits(n, first.numel(), torch.device("cpu"), f"{where}: {n} samples of shape {tuple(first.shape)}")
+    # the samples, then their stacked copy
+    require(2 * n * first.numel() * first.element_size(), torch.device("cpu"), f"{where}: {n} samples of shape {tuple(first.shape)}", "give a smaller Dataset")
     try:
         return torch.stack([first, *(_sample_of(dataset[i]) for i in range(1, n))]).numpy()
     except RuntimeError as error:

@@ -19,7 +19,9 @@ One training step of the core is::
     gancore_step_end(logs)
 
 and every ``eval_every`` steps ``gancore_evaluate``. ``gancore_fit`` may replace the whole
-loop (meta-algorithms) and ``gancore_sample`` the way samples are drawn (mixtures).
+loop (meta-algorithms) and ``gancore_sample`` the way samples are drawn (mixtures). Before any
+step, when the trainer is built, ``gancore_check_models`` lets every plugin refuse networks it
+cannot work with (a user's own, given to ``gancore.fit``), naming what they lack.
 
 How results combine. Hooks marked *firstresult* stop at the first plugin returning something
 other than None; two enabled plugins that implement the same firstresult hook are a

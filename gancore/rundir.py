@@ -123,13 +123,9 @@ class RunDirectory:
         self.lock = lock
 
     @classmethod
-    def create(cls, root: Path, name: str, run: Run, given: dict | None = None) -> "RunDirectory":
+    def create(cls, root: Path, name: str, run: Run) -> "RunDirectory":
         """Make a new run directory under ``root`` named ``name`` (or ``name-2``, ... when taken),
-        lock it, and write its config and run.json. An existing directory is never reused.
-
-        :param given: what ``gancore.fit`` was given that config.toml cannot hold (the user's
-            networks, data, plugin objects), recorded in run.json: only gancore.fit resumes such a run.
-        """
+        lock it, and write its config and run.json. An existing directory is never reused."""
         _make_root(root)
         for attempt in range(1, MAX_SUFFIX + 1):
             path = root / (name if attempt == 1 else f"{name}-{attempt}")
@@ -142,11 +138,15 @@ class RunDirectory:
                 raise GancoreError(f"cannot create run directory {path}: {exc.strerror}") from None
         else:
             raise GancoreError(f"{name} and {name}-2 … {name}-{MAX_SUFFIX} all exist in {root}; choose another --name or --out")
-        return cls._started(path, run, given)
+        return cls._started(path, run, None)
 
     @classmethod
     def create_exactly(cls, path: Path, run: Run, given: dict | None = None) -> "RunDirectory":
-        """Make the new run directory ``path`` itself (gancore.fit's ``run_dir``); an existing one is refused."""
+        """Make the new run directory ``path`` itself (gancore.fit's ``run_dir``); an existing one is refused.
+
+        :param given: what ``gancore.fit`` was given that config.toml cannot hold (the user's
+            networks, data, plugin objects), recorded in run.json: only gancore.fit resumes such a run.
+        """
         _make_root(path.parent)
         try:
             path.mkdir()

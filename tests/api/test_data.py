@@ -99,3 +99,17 @@ def test_a_scorer_replaces_the_mode_metrics(tmp_path):
     assert (tmp_path / "run" / "samples.png").is_file()
     with pytest.raises(GancoreError, match=r"^gancore.fit: scorer must be a function of samples returning a dict of metrics, not int$"):
         gancore.fit(data=POINTS, scorer=3, **SETTINGS)
+
+
+def test_a_dataset_too_large_for_memory_is_refused_before_it_is_read(monkeypatch):
+    read = []
+
+    class Counted(TensorDataset):
+        def __getitem__(self, i):
+            read.append(i)
+            return super().__getitem__(i)
+
+    monkeypatch.setattr("gancore.memory.available_bytes", lambda device: 1000)
+    with pytest.raises(GancoreError, match=r"^gancore.fit data: 100 samples of shape \(2,\) needs at least .* but cpu memory has .* free; give a smaller Dataset$"):
+        gancore.fit(data=Counted(POINTS), **SETTINGS)
+    assert read == [0]  # only the first sample, for its shape
