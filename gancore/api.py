@@ -214,10 +214,11 @@ def _plugin_choices(catalog: Catalog, plugins: Iterable[Any]) -> tuple[list[str]
 
 
 def _object_name(plugin: Any) -> str:
-    """A plugin object's name: its ``name`` attribute, else its class name in kebab case."""
+    """A plugin object's name: its ``name`` attribute, else its class name in kebab case
+    (``LossLog`` -> ``loss-log``, ``PacGAN`` -> ``pac-gan``)."""
     cls = plugin if isinstance(plugin, type) else type(plugin)
     name = getattr(cls, "name", None)
-    return name if isinstance(name, str) and name else re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
+    return name if isinstance(name, str) and name else re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", cls.__name__).lower()
 
 
 # --- what config.toml cannot hold ----------------------------------------------------------------

@@ -211,3 +211,11 @@ def test_ctrl_c_checkpoints_a_run_dir_and_resume_finishes_it_bit_identically(tmp
     uninterrupted = gancore.fit(progress=False, **settings)  # Interrupt changes nothing but the stop
     assert resumed.summary["step"] == 30
     assert_same_models(state_of(resumed), state_of(uninterrupted))
+
+
+@pytest.mark.parametrize("cls_name, name", [("LossLog", "loss-log"), ("PacGAN", "pac-gan"), ("OneSidedLabelSmoothing", "one-sided-label-smoothing"), ("WganGp", "wgan-gp2")])
+def test_a_plugin_object_is_named_after_its_class(cls_name, name):
+    from gancore.api import _object_name
+
+    attributes = {"name": name} if name.endswith("2") else {}
+    assert _object_name(type(cls_name, (), attributes)) == name
