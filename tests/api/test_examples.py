@@ -50,3 +50,15 @@ def test_the_readme_python_api_example_runs(tmp_path, monkeypatch):
 def _write(path: Path, text: str) -> str:
     path.write_text(text)
     return str(path)
+
+
+def test_the_readme_plugin_authoring_example_runs_inline(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("## Writing a plugin"):], re.S).group(1)
+    namespace = runpy.run_path(_write(tmp_path / "noisy.py", code))
+    import gancore
+
+    result = gancore.fit(plugins=[(namespace["LabelNoise"], {"share": 0.1})], steps=5, batch_size=32, z_dim=4, device="cpu", eval_samples=100, progress=False)
+    assert result.summary["plugins"] == ["label-noise"] and result.trainer.config.plugins["label-noise"].share == 0.1
+    with pytest.raises(gancore.GancoreError, match="^label-noise.share must be below 1$"):
+        gancore.fit(plugins=[(namespace["LabelNoise"], {"share": 1.0})], steps=5, device="cpu", progress=False)
