@@ -4,6 +4,9 @@ D returns plain logits: gancore.fit wraps it (``gancore.models.LogitsOnly``), wh
 ``unrolled`` needs (a D whose logits are a function of its parameters).
 
     python examples/mlp_unrolled.py           # GANCORE_EXAMPLE_STEPS=20 for a quick look
+
+Measured (2000 steps, CPU, torch 2.13.0): "modes captured 6/8, high quality 14.7%", in 3 min 41 s
+on two CPU cores shared with other jobs.
 """
 import os
 
