@@ -58,7 +58,7 @@ if __name__ == "__main__":
         ConvGenerator(), conv_discriminator(), images,
         plugins=["minibatch-discrimination", ("pacgan", {"m": 2})],
         modes=modes, radius=3.0,  # an image within L2 distance 3 of a clean bar draws that bar
-        steps=STEPS, batch_size=64, lr_g=2e-4, lr_d=2e-4, eval_every=max(STEPS // 4, 1), eval_samples=500,
+        steps=STEPS, batch_size=64, lr_g=1e-3, lr_d=4e-4, eval_every=max(STEPS // 4, 1), eval_samples=500,
         device="cpu", progress=False,
     )
     for metrics in result.history:

@@ -6,17 +6,11 @@ returns plain logits is wrapped in :class:`LogitsOnly` (a Critique without featu
 ``body`` + ``head`` pair becomes a D as :class:`Discriminator`.
 
 The contract for a user's networks (README, "Your own networks"): G maps noise (n, z_dim) to
-samples (n, *shape); D maps samples to one logit per sample. What the built-in plugins need
-beyond that, each checked before training (``gancore_check_models`` or ``gancore_build_models``):
-
-* minibatch-discrimination: a :class:`Discriminator` whose head is one ``Linear(A, 1)``;
-* feature-matching: features (a :class:`Discriminator`, or a Critique with ``features``);
-* pacgan: D's first registered Linear or convolution is its input layer;
-* unrolled: D's logits are a differentiable function of its parameters and buffers under
-  ``torch.func.functional_call``, twice differentiable;
-* veegan: no given D (it builds its own joint critic of (z, x) pairs);
-* wgan-gp: D's logits differentiable with respect to its input, twice;
-* adagan: every layer holding parameters has ``reset_parameters()``.
+samples (n, *shape); D maps samples (n, *shape) to one logit per sample, as a
+:class:`Discriminator` (body -> features, head -> logit), a module returning a
+:class:`Critique`, or a module returning plain logits (:class:`LogitsOnly`). A plugin that needs
+more (features, a head to replace, a functional form) says so under "Needs of the networks" in
+its module docstring and refuses other nets before training, in ``gancore_check_models``.
 """
 from __future__ import annotations
 

@@ -47,6 +47,9 @@ round index itself is stored because the step alone is ambiguous at a boundary: 
 step of round t the checkpoint may hold G_t not yet mixed in (from the step loop) or the fresh
 G_{t+1} (from the round start); the number of mixed generators tells which, and a resumed run
 finishes round t (mix in, evaluate) or continues round t+1 accordingly.
+
+Needs of the networks: every layer of G and D that holds parameters has ``reset_parameters()``
+(checked before training), and G can be deep-copied.
 """
 from __future__ import annotations
 

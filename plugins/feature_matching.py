@@ -16,6 +16,9 @@ the paper; a positive value is the hybrid objective. D is trained as usual.
 The real batch is drawn raw: plugins that change what D sees (``gancore_discriminator_batch``)
 are applied to G's samples but not to this batch. So feature matching cannot run with VEEGAN,
 whose critic reads (z, x) pairs that only its batch hook makes.
+
+Needs of the networks: D returns features (a ``gancore.models.Discriminator``, or a Critique
+whose ``features`` is a tensor); a D returning plain logits is refused before training.
 """
 from __future__ import annotations
 

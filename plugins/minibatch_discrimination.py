@@ -18,6 +18,9 @@ Initialization: T ~ N(0, 0.05²) as in improved-gan; the wider head copies the o
 weights on f and starts with zero weights on o, so D starts as the plain D and learns to use
 the minibatch features (a spectral norm on the old head is kept on the new one). The
 Critique's ``features`` stay f.
+
+Needs of the networks: D is (or wraps) a :class:`gancore.models.Discriminator` whose ``head`` is
+one ``nn.Linear(A, 1)`` (optionally spectral-normed); f = ``D.body(x)`` has shape (N, A).
 """
 from __future__ import annotations
 

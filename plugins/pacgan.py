@@ -18,6 +18,9 @@ pairs) is replaced by a fresh layer reading m× the inputs, and D is wrapped in 
 which does the reshape. For a Linear the m samples are concatenated as vectors; for a
 convolution (the DCGAN D on images) they are stacked along channels, (N, C, H, W) ->
 (N/m, m·C, H, W), as PacGAN's PacDCGAN does. A spectral norm on the layer is kept.
+
+Needs of the networks: D's first registered ``nn.Linear`` or plain convolution is its input
+layer (checked before training by running the packed D once).
 """
 from __future__ import annotations
 

@@ -40,6 +40,10 @@ are constants, so G's backward runs through step 0's fake branch only (its real-
 every path into θ₀ are skipped). The update rule works on the flattened parameters, one
 autograd node per step with a hand-written backward. G's gradient through the unroll is exact
 but once differentiable (nothing may differentiate it again).
+
+Needs of the networks: D's logits are a function of its registered parameters and buffers
+under ``torch.func.functional_call`` (no ``.data`` or ``.detach()`` on parameters, checked before
+training), twice differentiable; D's optimizer is Adam, AdamW or SGD.
 """
 from __future__ import annotations
 

@@ -55,6 +55,9 @@ map points to the mean μ(x) of the trained F.
 Known limits: plugins that feed D raw points themselves (through ``trainer.real_batch()`` rather
 than ``batch``: unrolled, feature-matching) do not see pairs and cannot run with the joint critic;
 they are declared incompatible.
+
+Needs of the networks: no discriminator given to ``gancore.fit`` (the joint critic is VEEGAN's
+own MLP); any G, whose samples F reads flattened.
 """
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ per group: x̂ interpolates whole packs with one ε each and the norm is over th
 The penalty is per sample: it assumes D(x̂)_i depends on x̂_i alone. A critic that couples the
 samples of a batch (minibatch discrimination) breaks that assumption, which the paper names as
 a reason to leave batch-coupling layers out; enabling both works but warns.
+
+Needs of the networks: D's logits are differentiable with respect to its input, twice
+(checked before training).
 """
 from __future__ import annotations
 
