@@ -4,6 +4,10 @@ The data: 16×16 images of one bright bar, horizontal or vertical, at one of 8 p
 modes. Passing the 16 clean bars as ``modes`` makes every evaluation count the bars G draws.
 
     python examples/conv_images.py            # GANCORE_EXAMPLE_STEPS=20 for a quick look
+
+Measured (600 steps, seed 0, CPU, torch 2.13.0, about 30 s): "step 600: 16/16 bars drawn,
+24.6% of samples near a bar"; the same script with ``plugins=[]``: 0/16 and 0.0% at every
+evaluation. One seed, so an illustration, not a benchmark.
 """
 import os
 
