@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from gancore.config import CORE
+from gancore.config import CORE, read_toml
 from gancore.data import Dataset, dataset_from, load_dataset
 from gancore.errors import GancoreError, Interrupted
 from gancore.manager import INLINE_PACKAGE, Catalog, Run, plugin_fault
@@ -68,6 +68,7 @@ def fit(
     modes: Any = None,
     radius: float | None = None,
     scorer: Callable[[torch.Tensor], dict] | None = None,
+    config: str | Path | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> Result:
@@ -93,12 +94,19 @@ def fit(
         networks, data, plugins and settings as when it started (``steps`` may be a new total).
     :param modes: mode centres (K, *shape) of your data, with ``radius`` (the L2 high-quality
         distance), for the mode metrics; or ``scorer``: a function from samples to a dict of metrics.
+    :param config: a TOML file as ``--config`` takes (``[train]``, ``[plugins.NAME]``; a run's
+        ``config.toml`` repeats it): its plugins come first, and ``plugins`` and ``settings`` override it.
     :param progress: show a progress bar.
     :param settings: the core settings, by the names of ``gancore train`` (``steps``,
         ``batch_size``, ``seed``, ``lr_d``, ... : the README's table of ``train.*``).
     """
     catalog = Catalog.installed()
     names, values, objects = _plugin_choices(catalog, plugins)
+    if config is not None:
+        from_file = read_toml(config)
+        settings = {**from_file.get(CORE, {}), **settings}
+        names = [*from_file.get("plugins", {}), *names]
+        values = {name: {**from_file.get("plugins", {}).get(name, {}), **values.get(name, {})} for name in names}
     if isinstance(data, (str, Path)):
         settings = {**settings, "data": str(data)}
         data = None

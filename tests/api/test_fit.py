@@ -219,3 +219,14 @@ def test_a_plugin_object_is_named_after_its_class(cls_name, name):
 
     attributes = {"name": name} if name.endswith("2") else {}
     assert _object_name(type(cls_name, (), attributes)) == name
+
+
+def test_a_config_file_repeats_a_command_line_run(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", *FLAGS, "-p", "instance-noise", "-s", "instance-noise.std=0.3", "--out", str(tmp_path), "--name", "cli")
+    assert code == 0, err
+    repeated = gancore.fit(config=tmp_path / "cli" / "config.toml", progress=False)
+    assert repeated.summary == json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert_same_models(state_of(repeated), final_state(tmp_path / "cli")["models"])
+    overridden = gancore.fit(config=tmp_path / "cli" / "config.toml", plugins=[("instance-noise", {"std": 0.1}), "ema"], steps=10, progress=False)
+    assert overridden.trainer.config.plugins["instance-noise"].std == 0.1 and overridden.summary["plugins"] == ["instance-noise", "ema"]
+    assert overridden.summary["step"] == 10
