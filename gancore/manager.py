@@ -48,7 +48,7 @@ class PluginInfo:
     @property
     def label(self) -> str:
         """``NAME (DISTRIBUTION VERSION)``: how messages name a plugin."""
-        return f"{self.name} ({self.package} {self.version})" if self.version else f"{self.name} ({self.package})"
+        return _label(self.name, self.package, self.version)
 
     @property
     def summary(self) -> str:
@@ -57,6 +57,10 @@ class PluginInfo:
     @property
     def incompatible_with(self) -> tuple[str, ...]:
         return tuple(getattr(self.cls, "incompatible_with", ()))
+
+
+def _label(name: str, package: str, version: str) -> str:
+    return f"{name} ({package} {version})" if version else f"{name} ({package})"
 
 
 def plugin_fault(label: str, hook: str, error: BaseException) -> GancoreError:
@@ -141,7 +145,7 @@ class Catalog:
         A plugin that pluggy rejects (a misspelled hook, an argument the hook does not have) or
         that raises while being created or declaring its options is a one-line GancoreError.
         """
-        label = f"{name} ({package} {version})"
+        label = _label(name, package, version)
         self._check_free(name, package)
         try:
             instance = plugin_cls()
@@ -164,7 +168,7 @@ class Catalog:
             raise GancoreError(f"two plugins are named {name!r} ({self.plugins[name].package if name in self.plugins else 'the core'} and {package})")
 
     def _register(self, name: str, plugin_cls: type, instance: Any, package: str, version: str, given: bool) -> None:
-        label = f"{name} ({package} {version})"
+        label = _label(name, package, version)
         try:
             self.manager.register(instance, name=name)
             self.manager.check_pending()  # a misspelled hook name fails loudly
@@ -240,7 +244,7 @@ def _source_file(cls: type) -> str | None:
     """The file ``cls`` is defined in, as tracebacks name it (also for a class of a notebook cell)."""
     try:
         return inspect.getsourcefile(cls)
-    except TypeError:  # defined in __main__ without a file (a notebook, an interactive session)
+    except (TypeError, OSError):  # defined in __main__ without a file (a notebook, an interactive session)
         code = next((f.__code__ for f in vars(cls).values() if hasattr(f, "__code__")), None)
         return code.co_filename if code else None
 

@@ -146,6 +146,12 @@ class Broken:
         raise RuntimeError("no")
 
 
+class Misspelled:
+    @hookimpl
+    def gancore_step_ends(self):
+        pass
+
+
 class Named:
     name = "label-noise"
 
@@ -174,6 +180,7 @@ class Named:
     ({"plugins": ["pacgan", ("pacgan", 2)]}, r"^gancore.fit plugins: a pair is \(name or plugin object, \{option: value\}\)"),
     ({"plugins": ["no-such-plugin"]}, r"^unknown plugin 'no-such-plugin' \(available: "),
     ({"plugins": [("pacgan", {"k": 2})]}, r"^unknown option pacgan.k \(options of pacgan: m\)$"),
+    ({"plugins": [Misspelled()]}, r"^plugin misspelled \(inline\) is invalid: unknown hook 'gancore_step_ends'"),
     ({"plugins": [Broken]}, r"^plugin broken \(inline\) failed in __init__: RuntimeError: no$"),
     ({"plugins": [CountSteps(), CountSteps()]}, r"^two plugins are named 'count-steps'"),
     ({"plugins": [Named()]}, r"^plugin label-noise \(inline\) failed in gancore_step_end: ValueError: boom$"),
