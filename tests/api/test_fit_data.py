@@ -113,3 +113,18 @@ def test_a_dataset_too_large_for_memory_is_refused_before_it_is_read(monkeypatch
     with pytest.raises(GancoreError, match=r"^gancore.fit data: 100 samples of shape \(2,\) needs at least .* but cpu memory has .* free; give a smaller Dataset$"):
         gancore.fit(data=Counted(POINTS), **SETTINGS)
     assert read == [0]  # only the first sample, for its shape
+
+
+def test_user_nets_on_a_dataset_resume_bit_identically(tmp_path):
+    def nets():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+    data = TensorDataset(POINTS)
+    gancore.fit(*nets(), data, run_dir=tmp_path / "run", plugins=["replay"], **SETTINGS)
+    resumed = gancore.fit(*nets(), data, run_dir=tmp_path / "run", resume=True, plugins=["replay"], **{**SETTINGS, "steps": 12})
+    straight = gancore.fit(*nets(), data, plugins=["replay"], **{**SETTINGS, "steps": 12})
+    assert resumed.summary == straight.summary and resumed.history == straight.history
+    assert all(torch.equal(a, b) for a, b in zip(params(resumed), params(straight)))
+    with pytest.raises(GancoreError, match=r"was started with networks \{'D': 'Sequential', 'G': 'Sequential'\}, this call gives networks \(none\)"):
+        gancore.fit(data=data, run_dir=tmp_path / "run", resume=True, plugins=["replay"], **SETTINGS)
