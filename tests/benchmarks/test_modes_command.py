@@ -12,6 +12,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import modes  # noqa: E402
+from benchmarks.modes import estimate as modes_estimate, pictures as modes_pictures, presets as modes_presets, report as modes_report  # noqa: E402
 from gancore.manager import Catalog  # noqa: E402
 
 TINY = """
@@ -178,7 +179,7 @@ def test_tiny_stacked_digits_benchmark_reports_modes_and_kl_without_hq(tmp_path,
     import numpy as np
 
     samples = np.load(out / "runs" / "stacked-digits" / "vanilla" / "seed0.samples.npy")
-    assert samples.shape == (modes.PICTURE_IMAGES, 3, 8, 8) and samples.min() >= -1 and samples.max() <= 1  # a grid, not 300 flat samples
+    assert samples.shape == (modes_presets.PICTURE_IMAGES, 3, 8, 8) and samples.min() >= -1 and samples.max() <= 1  # a grid, not 300 flat samples
     assert (out / "samples_stacked-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -271,7 +272,7 @@ def test_metrics_a_plugin_adds_to_the_evaluation_are_reported_per_remedy():
         modes.Row("adagan", ["adagan"], [record(0, adagan_weight_ess=0.5, adagan_mixture_weights=[0.5, 0.5], adagan_done=True)]),
     ]
     # core metrics (reported by every row), losses, lists and flags are left out
-    assert modes._plugin_metric_lines(rows) == [
+    assert modes_report._plugin_metric_lines(rows) == [
         "- veegan: reconstruction_error 252.000 ± 2.828",
         "- adagan: adagan_weight_ess 0.500",
     ]
@@ -282,7 +283,7 @@ def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_thos
     rows = [ring8_row("vanilla", [(6, 95.0), (6, 95.0)]), ring8_row("pacgan", [(8, 90.0), (8, 92.0)]),
             ring8_row(big, [(4, 99.0), (4, 97.0)]), ring8_row(f"pacgan+{big}", [(8, 98.0), (8, 99.0)])]
     published = [{"method": "PacGAN2", "source": "PacGAN Table 1", "remedy": ["pacgan", f"pacgan+{big}"], "ring8": [7.9, 95.6]}]
-    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
+    notes = "\n".join(modes_report._dataset_notes("ring8", rows, 97.0, published))
     # its own vanilla, not the 2x128 one
     assert f"Beat vanilla on modes and HQ: pacgan+{big} (+4.0 modes, +0.5 HQ points against {big})" in notes
     assert "pacgan (+2.0 modes, -4.0 HQ points)" in notes and f"{big} (-2.0 modes, +3.0 HQ points)" in notes
@@ -296,7 +297,7 @@ def test_the_notes_name_the_remedies_that_beat_each_published_row_on_both_column
     published = [{"method": "VEEGAN", "source": "VEEGAN Table 1", "ring8": [8, 52.9]},
                  {"method": "Unrolled", "source": "VEEGAN Table 1", "ring8": [6.5, 35.6]},
                  {"method": "GAN", "source": "VEEGAN Table 1", "ring8": [1, 99.3]}]
-    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
+    notes = "\n".join(modes_report._dataset_notes("ring8", rows, 97.0, published))
     # all 8 modes tie the paper's 8 (no row can have more); HQ means 55.0 and 55.0 beat 52.9, veegan's 59.5 comes with 7.5 modes
     assert "  - VEEGAN 8 / 52.9% (VEEGAN Table 1): pacgan, adagan.\n" in notes
     # below full coverage a tie is not a win: vanilla's 6.5 modes do not beat the paper's 6.5
@@ -320,20 +321,20 @@ def test_more_combinations_extend_a_datasets_list_after_the_shared_ones(tmp_path
 
 def test_a_long_remedy_name_is_wrapped_after_plus_or_comma_in_its_picture_title():
     remedy = "pacgan+train[g_width=400,g_depth=4,batch_size=1024,d_width=200,d_depth=3,d_maxout=5]"
-    lines = modes._wrapped(remedy).split("\n")
+    lines = modes_pictures._wrapped(remedy).split("\n")
     assert "".join(lines) == remedy
-    assert len(lines) == 3 and all(len(line) <= modes.PANEL_LINE_CHARS for line in lines)
+    assert len(lines) == 3 and all(len(line) <= modes_pictures.PANEL_LINE_CHARS for line in lines)
     assert all(line.endswith(("+", ",")) for line in lines[:-1])
-    assert modes._wrapped("pacgan+unrolled") == "pacgan+unrolled"
+    assert modes_pictures._wrapped("pacgan+unrolled") == "pacgan+unrolled"
 
 
 def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, capsys, monkeypatch):
     def task(seed):
-        return modes.Task("grid25", "pacgan", ("pacgan",), seed, {modes.CORE: {"steps": 100}},
+        return modes.Task("grid25", "pacgan", ("pacgan",), seed, {modes_presets.CORE: {"steps": 100}},
                           tmp_path / f"seed{seed}.json", estimate=1800.0)
 
-    monkeypatch.setattr(modes.os, "cpu_count", lambda: 2)
-    modes._print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
+    monkeypatch.setattr(modes_estimate.os, "cpu_count", lambda: 2)
+    modes_estimate.print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
     # four 30-minute runs on 2 CPUs take an hour whether 2 or 4 workers run them
     assert "estimated time: 1 h 00 min on 4 workers" in capsys.readouterr().out
 
@@ -341,7 +342,7 @@ def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, c
 def test_a_goal_met_on_fewer_seeds_than_the_other_rows_says_on_how_many():
     rows = [ring8_row("vanilla", [(6, 95.0), (7, 95.0), (8, 98.0)]), ring8_row("pacgan", [(8, 98.0), (8, 97.5), (8, 99.0)]),
             ring8_row("adagan", [(8, 98.0), (8, 99.0)])]
-    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, []))
+    notes = "\n".join(modes_report._dataset_notes("ring8", rows, 97.0, []))
     assert "- Goal (all 8 modes with at least 97% HQ) **met** by: pacgan, adagan (on 2 of 3 seeds only)." in notes
 
 
@@ -360,4 +361,4 @@ def test_a_core_option_newer_than_vanillas_runs_is_not_reported_as_a_change_at_i
     rows = [modes.Row("vanilla", (), [record({"steps": 10}, {})]),  # stored before d_maxout existed
             modes.Row("ema", ("ema",), [record({"steps": 10, "d_maxout": 1}, {"ema": {"decay": 0.999}})]),
             modes.Row("train[d_maxout=5]", (), [record({"steps": 10, "d_maxout": 5}, {})])]
-    assert modes._settings_lines(rows)[1] == ["- ema: ema.decay=0.999", "- train[d_maxout=5]: train.d_maxout=5"]
+    assert modes_report._settings_lines(rows)[1] == ["- ema: ema.decay=0.999", "- train[d_maxout=5]: train.d_maxout=5"]
