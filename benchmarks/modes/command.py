@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -12,13 +11,14 @@ import torch
 
 from gancore.errors import GancoreError
 from gancore.manager import Catalog
+from gancore.provenance import build_info, build_key
 
 from benchmarks.modes.estimate import estimate, print_estimate
 from benchmarks.modes.plan import Plan, make_plan
 from benchmarks.modes.presets import COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, BenchmarkError, load_presets
 from benchmarks.modes.records import is_done, log_invocation, relative_path, stored_records, unstored_notes
 from benchmarks.modes.report import duration, write_report
-from benchmarks.modes.run import run_tasks
+from benchmarks.modes.run import run_tasks, usable_cpus
 
 
 def _names(values: list[str] | None) -> list[str] | None:
@@ -52,11 +52,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (comma- or space-separated)")
     p.add_argument("--plugins", nargs="+", metavar="REMEDY", help="only these remedies: vanilla, NAME, NAME+NAME for a combination, NAME[OPTION=VALUE,...] for a variant (quote it in a shell)")
     p.add_argument("--seeds", nargs="+", metavar="SEED", help="only these seeds, e.g. 0,1 or 0-4 (default: the preset's)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: the number of CPUs; 1 runs in this process)")
+    p.add_argument("--workers", type=int, default=usable_cpus(), help="worker processes (default: the CPUs this process may use; 1 runs in this process)")
     p.add_argument("--presets", type=Path, default=DEFAULT_PRESETS, help="presets file (default: benchmarks/presets.toml)")
     p.add_argument("--out", type=Path, help="output directory (default: benchmarks/, or benchmarks/quick/ with --quick)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing, write nothing")
     p.add_argument("--report-only", action="store_true", help="run nothing: rewrite RESULTS.md, results.json and the pictures from the stored runs")
+    p.add_argument("--reuse-other-builds", action="store_true",
+                   help="count stored runs made by another build (torch, CPU capability, BLAS, threads) or an unknown one as done, instead of running them again here")
     p.add_argument("--no-timing", action="store_true", help="do not time a few steps of every remedy before starting (no time estimate)")
     return p
 
@@ -79,7 +81,12 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     catalog = Catalog.installed()
     plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds))
-    unstored = [task for task in plan.tasks if not is_done(task)]
+    # a record of another (or an unknown) build is reported but not reused for new runs unless asked:
+    # GAN trajectories amplify rounding, so its numbers may not be this machine's
+    this_build = build_key(build_info())
+    stored_here = None if args.report_only or args.reuse_other_builds else this_build
+    unstored = [task for task in plan.tasks if not is_done(task, stored_here)]
+    other_builds = [task for task in unstored if stored_here and is_done(task)]
     pending = [] if args.report_only else unstored
     stored = stored_records(out)
     workers = max(1, min(args.workers, len(pending) or 1))
@@ -89,6 +96,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
           f"{len(plan.tasks) - len(unstored)} already stored in {relative_path(out / 'runs')}/, "
           + (f"{len(unstored)} not stored (report only: not run, listed in the report's notes)" if args.report_only
              else f"{len(pending)} to run on {workers} workers"))
+    if other_builds:
+        print(f"  {len(other_builds)} of the runs to run are stored from another or an unknown build; they run again on this one "
+              f"({this_build}) and replace those records (--reuse-other-builds reuses them)")
     for note in plan.skipped:
         print(f"  skipped: {note}")
     for name in plan.not_default:
@@ -103,10 +113,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     records, interrupted = run_tasks(pending, workers, catalog) if pending else ([], False)
     elapsed = time.perf_counter() - started
     if records:
-        log_invocation(out, argv, workers, len(records), elapsed)
+        log_invocation(out, argv, workers, len(records), elapsed, usable_cpus())
     full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
     goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
-    still_unstored = [task for task in unstored if not is_done(task)]  # only these can have failed or been interrupted
+    still_unstored = [task for task in unstored if not is_done(task)]  # only these can have failed or been interrupted (of any build: the report counts those)
     notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks, still_unstored)
     report = write_report(out, full, goals, argv, notes)
     failed = sum(1 for record in records if record["status"] != "ok")

@@ -17,6 +17,7 @@ from benchmarks.modes.plan import Task
 from benchmarks.modes.presets import WORKER_START_SECONDS
 from benchmarks.modes.records import request_key
 from benchmarks.modes.report import display_order, duration
+from benchmarks.modes.run import usable_cpus
 
 
 def probe_seconds(catalog: Catalog, task: Task, datasets: dict, budget: float = 0.3) -> tuple[float, bool]:
@@ -70,7 +71,7 @@ def estimate(catalog: Catalog, pending: list[Task], stored: list[dict], probe: b
     for (dataset, remedy), tasks in bar:
         known = measured.get(request_key(tasks[0].values))
         if known:
-            seconds = statistics.fmean(known)
+            seconds, source = statistics.fmean(known), "stored"
         elif probe:
             bar.set_postfix_str(f"{dataset} {remedy}")
             try:
@@ -80,10 +81,11 @@ def estimate(catalog: Catalog, pending: list[Task], stored: list[dict], probe: b
                 continue
             if own_fit:
                 notes.append(f"{dataset} {remedy}: runs its own fit loop; its estimate assumes `steps` steps in all")
+            source = "timed"
         else:
             continue
         for task in tasks:
-            task.estimate = seconds
+            task.estimate, task.estimated_from = seconds, source
     return notes
 
 
@@ -101,13 +103,21 @@ def print_estimate(pending: list[Task], workers: int, notes: list[str]) -> None:
         print(f"  estimated time: unknown (no step timed); {len(pending)} runs")
         return
     unknown = len(pending) - len(known)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cpus = usable_cpus()
     # the presets give each run one thread: workers beyond the CPUs share them and add no throughput
-    lanes = min(workers, os.cpu_count() or workers)
+    lanes = min(workers, cpus)
+    sources = []
+    stored = sum(1 for task in pending if task.estimated_from == "stored")
+    timed = sum(1 for task in pending if task.estimated_from == "timed")
+    if stored:
+        sources.append(f"{stored} runs from the wall times of stored runs of the same settings")
+    if timed:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        sources.append(f"{timed} runs from timed steps x steps, timed at load average {load:.1f} on {cpus} usable CPUs: a busier machine times slower")
+    if unknown:
+        sources.append(f"{unknown} runs not estimated")
     print(f"  estimated time: {duration(makespan(known, lanes))} on {workers} workers "
-          f"(sum of run times {duration(sum(known))}, from timed steps x steps"
-          + (f"; {unknown} runs not estimated" if unknown else "")
-          + f"; timed at load average {load:.1f} on {os.cpu_count()} CPUs: a busier machine times slower)")
+          f"(sum of run times {duration(sum(known))}; {'; '.join(sources)})")
     per: dict[str, dict[str, tuple[float, Any]]] = {}
     for task in pending:
         if task.estimate is not None:

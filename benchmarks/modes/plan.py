@@ -24,7 +24,8 @@ class Task:
     seed: int
     values: dict[str, dict[str, Any]]
     record: Path
-    estimate: float | None = None
+    estimate: float | None = None  # wall seconds expected
+    estimated_from: str | None = None  # "stored" (the mean wall time of stored runs of these settings) or "timed" (a few timed steps)
 
     @property
     def samples(self) -> Path:

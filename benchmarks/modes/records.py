@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from gancore.checkpoint import atomic_write
 from gancore.config import CORE
+from gancore.provenance import build_key
 
 from benchmarks.modes.plan import Task
 
@@ -56,10 +56,21 @@ def request_key(request: dict) -> str:
     return json.dumps(request, sort_keys=True)
 
 
-def is_done(task: Task) -> bool:
-    """A stored, successful run of exactly this task's settings (and its samples)."""
+UNKNOWN_BUILD = "unknown build"
+
+
+def record_build(record: dict) -> str:
+    """The build that produced ``record`` (:func:`gancore.provenance.build_key`), or "unknown build"
+    for a record stored before records named their build."""
+    return build_key(record["build"]) if isinstance(record.get("build"), dict) else UNKNOWN_BUILD
+
+
+def is_done(task: Task, build: str | None = None) -> bool:
+    """A stored, successful run of exactly this task's settings (and its samples); with ``build``,
+    only one that this build produced (another CPU capability, BLAS or thread count rounds otherwise)."""
     record = read_record(task.record)
-    return bool(record) and record.get("status") == "ok" and record.get("request") == normalized(task.values) and task.samples.is_file()
+    return (bool(record) and record.get("status") == "ok" and record.get("request") == normalized(task.values) and task.samples.is_file()
+            and (build is None or record_build(record) == build))
 
 
 def unstored_notes(tasks: list[Task], unstored: list[Task]) -> list[str]:
@@ -105,8 +116,8 @@ def read_invocations(out: Path) -> list[dict]:
     return entries
 
 
-def log_invocation(out: Path, argv: list[str], workers: int, ran: int, elapsed: float) -> None:
-    entry = {"argv": argv, "workers": workers, "ran": ran, "elapsed_seconds": round(elapsed, 1), "cpus": os.cpu_count(),
+def log_invocation(out: Path, argv: list[str], workers: int, ran: int, elapsed: float, cpus: int) -> None:
+    entry = {"argv": argv, "workers": workers, "ran": ran, "elapsed_seconds": round(elapsed, 1), "cpus": cpus,
              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = out / "runs" / "invocations.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ from gancore.data import DATASET_NAMES
 
 from benchmarks.modes.pictures import draw_dataset
 from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, Goal, Presets, parse_remedy, part_options, remedy_name
-from benchmarks.modes.records import dump_json, normalized, read_invocations, relative_path, request_key, stored_records, write_text
+from benchmarks.modes.records import (
+    UNKNOWN_BUILD, dump_json, normalized, read_invocations, record_build, relative_path, request_key, stored_records, write_text,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -324,6 +326,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
             f"({len(invocations)} invocation{'s' if len(invocations) != 1 else ''}); the last ran {last['ran']} runs in "
             f"{duration(last['elapsed_seconds'])} with {last['workers']} workers on a machine with {last.get('cpus', '?')} CPUs."
         )
+    lines += _build_lines(ok, {dataset: rows_by_dataset[dataset] for dataset in datasets})
     for record in ok:
         if record.get("diverged"):
             lines.append(f"- diverged: {record['dataset']} {record['remedy']} seed {record['seed']}: {record['diverged']}")
@@ -340,6 +343,22 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     ]
     write_text(out / "results.json", dump_json(results))
     return out / "RESULTS.md"
+
+
+def _build_lines(ok: list[dict], rows_by_dataset: dict[str, list[Row]]) -> list[str]:
+    """Which builds produced the stored runs, and the rows whose seeds mix builds: a number is only
+    reproducible on the build that made it (GAN trajectories amplify rounding)."""
+    builds: dict[str, int] = {}
+    for record in ok:
+        builds[record_build(record)] = builds.get(record_build(record), 0) + 1
+    unknown = f" ({UNKNOWN_BUILD}: stored before records named their build)" if UNKNOWN_BUILD in builds else ""
+    if len(builds) <= 1:
+        return [f"- Every run by one build: {label}{unknown}." for label in builds]
+    mixed = [f"{dataset} {row.remedy}" for dataset, rows in rows_by_dataset.items() for row in rows
+             if len({record_build(record) for record in row.records}) > 1]
+    counts = "; ".join(f"{count} by {label}" for label, count in sorted(builds.items(), key=lambda item: -item[1]))
+    return [f"- **The runs mix builds**: {counts}{unknown}."
+            + (f" Rows whose seeds come from more than one build: {', '.join(mixed)}." if mixed else " No row mixes them.")]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 
@@ -18,6 +19,13 @@ from gancore.provenance import build_info
 from benchmarks.modes.plan import Task
 from benchmarks.modes.presets import PICTURE_IMAGES
 from benchmarks.modes.records import dump_json, normalized, write_text
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or `taskset`'s share), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 _WORKER_CATALOG: Catalog | None = None

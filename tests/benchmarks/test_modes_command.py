@@ -333,7 +333,7 @@ def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, c
         return modes.Task("grid25", "pacgan", ("pacgan",), seed, {modes_presets.CORE: {"steps": 100}},
                           tmp_path / f"seed{seed}.json", estimate=1800.0)
 
-    monkeypatch.setattr(modes_estimate.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(modes_estimate, "usable_cpus", lambda: 2)
     modes_estimate.print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
     # four 30-minute runs on 2 CPUs take an hour whether 2 or 4 workers run them
     assert "estimated time: 1 h 00 min on 4 workers" in capsys.readouterr().out
@@ -362,3 +362,59 @@ def test_a_core_option_newer_than_vanillas_runs_is_not_reported_as_a_change_at_i
             modes.Row("ema", ("ema",), [record({"steps": 10, "d_maxout": 1}, {"ema": {"decay": 0.999}})]),
             modes.Row("train[d_maxout=5]", (), [record({"steps": 10, "d_maxout": 5}, {})])]
     assert modes_report._settings_lines(rows)[1] == ["- ema: ema.decay=0.999", "- train[d_maxout=5]: train.d_maxout=5"]
+
+
+def test_a_run_stored_by_another_or_an_unknown_build_runs_again_unless_reuse_is_asked(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--plugins", "vanilla", "--workers", "1", "--no-timing"]
+    assert modes.main(argv) == 0
+    path = out / "runs" / "ring8" / "vanilla" / "seed0.json"
+    record = json.loads(path.read_text())
+    for build in ({**record["build"], "cpu_capability": "AVX512"}, None):  # another build, then none recorded
+        if build is None:
+            del record["build"]
+        else:
+            record["build"] = build
+        path.write_text(json.dumps(record))
+        capsys.readouterr()
+        assert modes.main([*argv, "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert "0 already stored in " in printed and "1 to run on 1 workers" in printed
+        assert "1 of the runs to run are stored from another or an unknown build; they run again on this one (torch " in printed
+        assert modes.main([*argv, "--dry-run", "--reuse-other-builds"]) == 0
+        assert "1 already stored in " in capsys.readouterr().out
+    assert modes.main([*argv, "--report-only"]) == 0  # the report still counts it, and says whose it is
+    assert "- Every run by one build: unknown build (unknown build: stored before records named their build)." in (out / "RESULTS.md").read_text()
+
+
+def test_the_report_says_which_rows_mix_builds():
+    def record(seed, capability):
+        return {"seed": seed, "build": {"torch": "2.13.0", "cpu_capability": capability, "blas": "mkl", "threads": 1}}
+
+    rows = {"ring8": [modes.Row("pacgan", ["pacgan"], [record(0, "AVX2"), record(1, "AVX512")]),
+                      modes.Row("vanilla", [], [record(0, "AVX2")])]}
+    (line,) = modes_report._build_lines([r for row in rows["ring8"] for r in row.records], rows)
+    assert line == ("- **The runs mix builds**: 2 by torch 2.13.0, AVX2, mkl, 1 thread(s); 1 by torch 2.13.0, AVX512, mkl, 1 thread(s)."
+                    " Rows whose seeds come from more than one build: ring8 pacgan.")
+
+
+def test_the_estimate_says_when_it_reused_stored_wall_times(tmp_path, capsys, monkeypatch):
+    def task(seed, source):
+        return modes.Task("ring8", "pacgan", ("pacgan",), seed, {modes_presets.CORE: {"steps": 100}},
+                          tmp_path / f"seed{seed}.json", estimate=60.0, estimated_from=source)
+
+    monkeypatch.setattr(modes_estimate, "usable_cpus", lambda: 2)
+    modes_estimate.print_estimate([task(0, "stored"), task(1, "stored")], workers=2, notes=[])
+    printed = capsys.readouterr().out
+    assert "(sum of run times 2 min; 2 runs from the wall times of stored runs of the same settings)" in printed and "timed" not in printed
+    modes_estimate.print_estimate([task(0, "stored"), task(1, "timed")], workers=2, notes=[])
+    printed = capsys.readouterr().out
+    assert "1 runs from the wall times of stored runs of the same settings; 1 runs from timed steps x steps, timed at load average" in printed
+    assert "on 2 usable CPUs" in printed
+
+
+def test_the_default_workers_are_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(modes_estimate.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert modes.parser().parse_args([]).workers == 1
