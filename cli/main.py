@@ -157,7 +157,7 @@ def list_recipes(name):
         recipe = book.get(name)
         click.echo(f"# {recipe.name}  ({recipe.origin}: {recipe.file})")
         click.echo(recipe.text.rstrip())
-        click.echo(f"# measured: {_scores_text(book, recipe.name, recipe.datasets)}")
+        click.echo("\n".join(f"# measured on {line}" for line in _scores_lines(book, recipe.name, recipe.datasets)))
         return
     if not book.recipes:
         click.echo("no recipes installed")
@@ -165,16 +165,18 @@ def list_recipes(name):
         origin = "" if recipe.origin == "gancore" else f"  ({recipe.origin})"
         click.echo(f"{recipe.name}{origin}  {recipe.description}")
         click.echo(f"    source: {recipe.source}")
-        click.echo(f"    measured: {_scores_text(book, recipe.name, recipe.datasets)}")
+        click.echo("\n".join(f"    measured on {line}" for line in _scores_lines(book, recipe.name, recipe.datasets)))
     for broken, reason in book.broken.items():
         click.echo(f"{broken}  (not usable: {reason})")
 
 
-def _scores_text(book: RecipeBook, name: str, datasets: tuple[str, ...]) -> str:
+def _scores_lines(book: RecipeBook, name: str, datasets: tuple[str, ...]) -> list[str]:
+    """One line per dataset: what the mode benchmark measured with the recipe there, or "not measured"."""
     measured = book.scores.get(name, {})
-    lines = [f"{dataset} {score_line(scores)}" for dataset, scores in measured.items()]
-    lines += [f"{dataset} not measured" for dataset in datasets if dataset not in measured]
-    return "; ".join(lines) or "not measured"
+    lines = [f"{dataset}: {score_line(measured[dataset])}" for dataset in datasets if dataset in measured]
+    lines += [f"{dataset}: {score_line(scores)}" for dataset, scores in measured.items() if dataset not in datasets]
+    lines += [f"{dataset}: not measured" for dataset in datasets if dataset not in measured]
+    return lines or ["no dataset: not measured"]
 
 
 @cli.command("eval")

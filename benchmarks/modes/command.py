@@ -12,10 +12,11 @@ import torch
 from gancore.errors import GancoreError
 from gancore.manager import Catalog
 from gancore.provenance import build_info, build_key
+from gancore.recipes import RecipeBook
 
 from benchmarks.modes.estimate import estimate, print_estimate
 from benchmarks.modes.plan import Plan, make_plan
-from benchmarks.modes.presets import COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, BenchmarkError, load_presets
+from benchmarks.modes.presets import COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, RECIPE_SCORES, BenchmarkError, load_presets
 from benchmarks.modes.records import is_done, log_invocation, relative_path, stored_records, unstored_notes
 from benchmarks.modes.report import duration, write_report
 from benchmarks.modes.run import run_tasks, usable_cpus
@@ -51,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke test: the preset's [quick] overrides (ring8, one seed, few steps), into benchmarks/quick/")
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (comma- or space-separated)")
     p.add_argument("--plugins", nargs="+", metavar="REMEDY", help="only these remedies: vanilla, NAME, NAME+NAME for a combination, NAME[OPTION=VALUE,...] for a variant (quote it in a shell)")
+    p.add_argument("--recipes", nargs="+", metavar="RECIPE", help="run these recipes (`gancore recipes`) on the datasets they name, as rows named by the recipe; alone, only they run")
     p.add_argument("--seeds", nargs="+", metavar="SEED", help="only these seeds, e.g. 0,1 or 0-4 (default: the preset's)")
     p.add_argument("--workers", type=int, default=usable_cpus(), help="worker processes (default: the CPUs this process may use; 1 runs in this process)")
     p.add_argument("--presets", type=Path, default=DEFAULT_PRESETS, help="presets file (default: benchmarks/presets.toml)")
@@ -80,7 +82,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     presets = load_presets(args.presets, quick=args.quick)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     catalog = Catalog.installed()
-    plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds))
+    recipes = [RecipeBook.installed().get(name) for name in _names(args.recipes) or ()]
+    plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds), recipes)
     # a record of another (or an unknown) build is reported but not reused for new runs unless asked:
     # GAN trajectories amplify rounding, so its numbers may not be this machine's
     this_build = build_key(build_info())
@@ -118,7 +121,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
     still_unstored = [task for task in unstored if not is_done(task)]  # only these can have failed or been interrupted (of any build: the report counts those)
     notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks, still_unstored)
-    report = write_report(out, full, goals, argv, notes)
+    report = write_report(out, full, goals, argv, notes, scores=RECIPE_SCORES if out.resolve() == DEFAULT_OUT.resolve() else None)
     failed = sum(1 for record in records if record["status"] != "ok")
     print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {relative_path(report)}, results.json and the pictures")
     if interrupted:

@@ -10,8 +10,11 @@ from typing import Any
 from gancore.config import CORE
 from gancore.errors import GancoreError
 from gancore.manager import ENTRY_POINT_GROUP, Catalog
+from gancore.recipes import Recipe
 
-from benchmarks.modes.presets import BUILTIN_PACKAGE, BenchmarkError, DatasetPreset, Presets, parse_remedy, part_options, plugin_names, remedy_name
+from benchmarks.modes.presets import (
+    BUILTIN_PACKAGE, BenchmarkError, DatasetPreset, Presets, parse_remedy, part_options, plugin_names, recipe_parts, remedy_name,
+)
 
 
 @dataclass
@@ -69,11 +72,16 @@ def broken_builtins(catalog: Catalog) -> dict[str, str]:
     return broken
 
 
-def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str] | None, remedies: list[str] | None, seeds: list[int] | None) -> Plan:
+def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str] | None, remedies: list[str] | None, seeds: list[int] | None,
+              recipes: list[Recipe] | None = None) -> Plan:
+    """The runs asked for. ``recipes`` add their rows on the datasets they name (``recipe.datasets``);
+    with recipes and no ``remedies``, only the recipes run."""
     for name in datasets or ():
         if name not in presets.datasets:
             raise BenchmarkError(f"--datasets: {name!r} has no table in {presets.path} (there: {', '.join(presets.datasets)})")
     requested = None if remedies is None else list(dict.fromkeys(parse_remedy(text) for text in remedies))
+    if recipes and requested is None:
+        requested = []
     plan = Plan([], {})
     for name, error in broken_builtins(catalog).items():
         plan.skipped.append(f"built-in plugin {name} failed to import and was not run ({error})")
@@ -81,6 +89,7 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
         plan.not_default = [name for name in presets.datasets if name not in presets.default]
     for preset in (presets.datasets[name] for name in (datasets or presets.default)):
         chosen = requested if requested is not None else discover_remedies(catalog, preset, presets.exclude)
+        chosen = list(dict.fromkeys([*chosen, *(recipe_parts(recipe, preset) for recipe in recipes or () if preset.name in recipe.datasets)]))
         runnable = []
         for parts in chosen:
             problem = _check_remedy(catalog, preset, parts)
@@ -94,6 +103,9 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
             for seed in seeds or presets.seeds_of(preset):
                 path = out / "runs" / preset.name / name / f"seed{seed}.json"
                 plan.tasks.append(Task(preset.name, name, plugin_names(parts), seed, run_values(preset, parts, seed), path))
+    for recipe in recipes or ():
+        if not set(recipe.datasets) & set(plan.remedies):
+            plan.skipped.append(f"recipe {recipe.name}: made for {', '.join(recipe.datasets) or 'no dataset'}, none of which this plan runs")
     return plan
 
 

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from gancore.config import CORE
 from gancore.data import DATASET_NAMES
+from gancore.recipes import Recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,6 +22,7 @@ DEFAULT_PRESETS = HERE / "presets.toml"
 PUBLISHED = HERE / "published.toml"
 DEFAULT_OUT = HERE
 QUICK_OUT = HERE / "quick"
+RECIPE_SCORES = HERE.parent / "gancore" / "recipes" / "scores.toml"  # the report writes it when --out is the default
 COMMAND = "python -m benchmarks.modes"
 VANILLA = "vanilla"
 BUILTIN_PACKAGE = "gancore"
@@ -275,3 +277,25 @@ def part_options(part: str) -> tuple[str, dict[str, Any]]:
 
 def plugin_names(parts: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in (part_options(part)[0] for part in parts) if name != CORE)
+
+
+def _part_value(value: Any) -> str:
+    """A value as a ``NAME[OPTION=VALUE]`` part writes it (read back as TOML, else as text)."""
+    if isinstance(value, list):
+        return "[" + ",".join(_part_value(item) for item in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def recipe_parts(recipe: Recipe, preset: DatasetPreset) -> tuple[str, ...]:
+    """The remedy that runs ``recipe`` on ``preset``'s dataset: its plugins (with the options that
+    differ from the preset's), then ``train[...]`` with its core settings that differ from the
+    dataset's shared ones. A recipe that repeats the shared settings is the remedy the presets name
+    by bracket string, so its stored runs keep counting (they are found by name and settings)."""
+    parts = []
+    for name, options in recipe.plugins.items():
+        own = {key: value for key, value in options.items() if preset.plugins.get(name, {}).get(key) != value}
+        parts.append(name + (f"[{','.join(f'{key}={_part_value(value)}' for key, value in own.items())}]" if own else ""))
+    own = {key: value for key, value in recipe.train.items() if preset.train.get(key) != value}
+    if own:
+        parts.append(f"{CORE}[{','.join(f'{key}={_part_value(value)}' for key, value in own.items())}]")
+    return tuple(parts)

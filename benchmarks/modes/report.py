@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import tomli_w
 
 from gancore import __version__
 from gancore.config import CORE, core_options
 from gancore.data import DATASET_NAMES
+from gancore.recipes import RecipeBook
 
 from benchmarks.modes.pictures import draw_dataset
-from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, Goal, Presets, parse_remedy, part_options, remedy_name
+from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, Goal, Presets, parse_remedy, part_options, recipe_parts, remedy_name
 from benchmarks.modes.records import (
     UNKNOWN_BUILD, dump_json, normalized, read_invocations, record_build, relative_path, request_key, stored_records, write_text,
 )
@@ -234,10 +236,13 @@ def dataset_order(names: Iterable[str], presets: Presets | None) -> list[str]:
     return sorted(names, key=lambda name: (preferred.index(name) if name in preferred else len(preferred), name))
 
 
-def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], argv: list[str], notes: list[str]) -> Path:
-    """Regenerate RESULTS.md, results.json and samples_<dataset>.png in ``out`` from every stored run."""
+def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], argv: list[str], notes: list[str],
+                 scores: Path | None = None) -> Path:
+    """Regenerate RESULTS.md, results.json and samples_<dataset>.png in ``out`` from every stored run;
+    with ``scores``, write there what each recipe's rows measured (gancore/recipes/scores.toml)."""
     records = stored_records(out)
     rows_by_dataset = build_rows(records)
+    recipes = recipe_rows(rows_by_dataset, presets)
     datasets = dataset_order(rows_by_dataset, presets)
     published = load_published()
     formats = load_published_datasets()
@@ -279,7 +284,9 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
         for row in rows:
             modes, hq = row.modes, row.hq
             diverged = sum(1 for record in row.records if record.get("diverged"))
-            name = row.remedy + (f" ({diverged} diverged‡)" if diverged else "")
+            # a row is named by its recipe; vanilla keeps its name, the one every note compares with
+            label = row.remedy if row.remedy == VANILLA else recipes.get((dataset, row.remedy), row.remedy)
+            name = label + (f" ({diverged} diverged‡)" if diverged else "")
             hq_cell = _pm(*hq, 1) if hq_metric else "—"
             steps_cell = f" {row.steps} |" if steps_column else ""
             lines.append(f"| {name} | {_pm(*modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=not hq_metric)} |{steps_cell} {row.wall:.1f} | {len(row.records)} |")
@@ -293,6 +300,9 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
                 cells = [f"{numbers[key]:g}" if key in numbers else "—" for key in PUBLISHED_VALUES]
                 cells += ["—"] * steps_column
                 lines.append(f"| {label} {paper['method']} ({paper['source']}) | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
+        named = [f"{recipes[(dataset, row.remedy)]} = {row.remedy}" for row in rows if (dataset, row.remedy) in recipes]
+        if named:
+            lines += ["", f"Rows named by recipe (`gancore recipes NAME` shows one; `gancore train --recipe NAME` runs it): {'; '.join(named)}."]
         if any(len(row.values("reverse_kl")) < len(row.records) for row in rows):
             lines += ["", "† reverse KL averaged over the seeds with at least one HQ sample." if hq_metric
                       else "† reverse KL averaged over the seeds with at least one finite sample."]
@@ -342,7 +352,41 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
         for record in sorted(ok, key=lambda r: (datasets.index(r["dataset"]), display_order(r["remedy"]), r["seed"]))
     ]
     write_text(out / "results.json", dump_json(results))
+    if scores is not None:
+        write_text(scores, recipe_scores_toml(rows_by_dataset, recipes, " ".join([COMMAND, *map(shlex.quote, argv)])))
     return out / "RESULTS.md"
+
+
+def recipe_rows(rows_by_dataset: dict[str, list[Row]], presets: Presets) -> dict[tuple[str, str], str]:
+    """``{(dataset, remedy): recipe name}`` for the rows that are an installed recipe run on a dataset it names."""
+    named = {}
+    for recipe in RecipeBook.installed().recipes.values():
+        for dataset in recipe.datasets:
+            if dataset in presets.datasets and dataset in rows_by_dataset:
+                named.setdefault((dataset, remedy_name(recipe_parts(recipe, presets.datasets[dataset]))), recipe.name)
+    return named
+
+
+def recipe_scores_toml(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], command: str) -> str:
+    """What each recipe's rows measured, as gancore/recipes/scores.toml (read by `gancore recipes`)."""
+    scores: dict[str, dict[str, dict]] = {}
+    for dataset, rows in rows_by_dataset.items():
+        for row in rows:
+            if (dataset, row.remedy) not in recipes:
+                continue
+            entry: dict[str, Any] = {"n_modes": row.n_modes, "seeds": row.seeds}
+            for key, (mean, std) in (("modes", row.modes), ("hq_percent", row.hq), ("reverse_kl", row.kl)):
+                if not math.isnan(mean):
+                    entry[key] = round(mean, 4)
+                    if std is not None and not math.isnan(std):
+                        entry[f"{key}_sd"] = round(std, 4)
+            entry["core_seconds_per_run"] = round(row.wall, 1)  # one torch thread per run
+            entry["steps"] = row.steps
+            entry["build"] = " + ".join(sorted({record_build(record) for record in row.records}))
+            entry["row"] = row.remedy
+            scores.setdefault(recipes[(dataset, row.remedy)], {})[dataset] = entry
+    header = f"# Generated by `{command}` from benchmarks/runs/: do not edit by hand. Read by `gancore recipes`.\n"
+    return header + tomli_w.dumps(dict(sorted(scores.items())))
 
 
 def _build_lines(ok: list[dict], rows_by_dataset: dict[str, list[Row]]) -> list[str]:
@@ -352,8 +396,10 @@ def _build_lines(ok: list[dict], rows_by_dataset: dict[str, list[Row]]) -> list[
     for record in ok:
         builds[record_build(record)] = builds.get(record_build(record), 0) + 1
     unknown = f" ({UNKNOWN_BUILD}: stored before records named their build)" if UNKNOWN_BUILD in builds else ""
-    if len(builds) <= 1:
-        return [f"- Every run by one build: {label}{unknown}." for label in builds]
+    if builds.keys() == {UNKNOWN_BUILD}:
+        return ["- Every run by an unknown build: stored before records named their build, so a rerun on this machine may differ."]
+    if len(builds) == 1:
+        return [f"- Every run by one build: {label}." for label in builds]
     mixed = [f"{dataset} {row.remedy}" for dataset, rows in rows_by_dataset.items() for row in rows
              if len({record_build(record) for record in row.records}) > 1]
     counts = "; ".join(f"{count} by {label}" for label, count in sorted(builds.items(), key=lambda item: -item[1]))

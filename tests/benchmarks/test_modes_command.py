@@ -386,7 +386,7 @@ def test_a_run_stored_by_another_or_an_unknown_build_runs_again_unless_reuse_is_
         assert modes.main([*argv, "--dry-run", "--reuse-other-builds"]) == 0
         assert "1 already stored in " in capsys.readouterr().out
     assert modes.main([*argv, "--report-only"]) == 0  # the report still counts it, and says whose it is
-    assert "- Every run by one build: unknown build (unknown build: stored before records named their build)." in (out / "RESULTS.md").read_text()
+    assert "- Every run by an unknown build: stored before records named their build, so a rerun on this machine may differ." in (out / "RESULTS.md").read_text()
 
 
 def test_the_report_says_which_rows_mix_builds():
@@ -418,3 +418,62 @@ def test_the_estimate_says_when_it_reused_stored_wall_times(tmp_path, capsys, mo
 def test_the_default_workers_are_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(modes_estimate.os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert modes.parser().parse_args([]).workers == 1
+
+
+def test_builtin_recipes_are_the_rows_the_presets_name_by_settings():
+    """A best recipe repeats the shared settings, so on its dataset it is the stored bracket-string row."""
+    from gancore.recipes import RecipeBook
+
+    presets = modes.load_presets(modes_presets.DEFAULT_PRESETS)
+    book = RecipeBook.installed()
+    parts = {name: modes.remedy_name(modes_presets.recipe_parts(book.get(name), presets.datasets[dataset]))
+             for name, dataset in (("ring8-best", "ring8"), ("grid25-best", "grid25"), ("hd1200-best", "hd1200"), ("benchmark-vanilla", "hd1200"))}
+    assert parts == {
+        "ring8-best": "pacgan+train[g_width=400,g_depth=4]",
+        "grid25-best": "pacgan+train[g_width=400,g_depth=4,batch_size=1024,d_width=200,d_depth=3,d_maxout=5,loss=hinge]",
+        "hd1200-best": "pacgan+train[g_width=400,g_depth=4]",
+        "benchmark-vanilla": "vanilla",
+    }
+
+
+def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path, capsys, monkeypatch):
+    from plugin_packages import fake_recipe_distribution
+
+    site = tmp_path / "site"
+    site.mkdir()
+    fake_recipe_distribution(site, "tiny-recipes", "1.0", "tiny_recipes_for_the_benchmark", {"tiny-noise.toml": """
+        [recipe]
+        description = "instance noise on a wider G"
+        source = "found by a test"
+        datasets = ["ring8"]
+        [train]
+        g_width = 24
+        [plugins.instance-noise]
+        std = 0.5
+    """})
+    monkeypatch.syspath_prepend(str(site))
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--recipes", "tiny-noise", "--workers", "1", "--no-timing"]
+    assert modes.main(argv) == 0
+    assert "1 runs (ring8 1 remedies; seeds 0)" in capsys.readouterr().out  # the recipe alone
+    assert (out / "runs" / "ring8" / "instance-noise[std=0.5]+train[g_width=24]" / "seed0.json").is_file()
+    report = (out / "RESULTS.md").read_text()
+    assert "\n| tiny-noise | " in report
+    assert "Rows named by recipe (`gancore recipes NAME` shows one; `gancore train --recipe NAME` runs it): tiny-noise = instance-noise[std=0.5]+train[g_width=24]." in report
+
+    scores = tmp_path / "scores.toml"
+    modes.write_report(out, modes.load_presets(presets), {}, argv, [], scores=scores)
+    (result,) = json.loads((out / "results.json").read_text())
+    written = modes_presets.tomllib.loads(scores.read_text())
+    entry = written["tiny-noise"]["ring8"]
+    assert entry["modes"] == result["metrics"]["modes_captured"] and entry["hq_percent"] == round(result["metrics"]["hq_percent"], 4)
+    assert entry["seeds"] == [0] and entry["n_modes"] == 8 and entry["row"] == "instance-noise[std=0.5]+train[g_width=24]"
+    assert entry["core_seconds_per_run"] == round(result["wall_seconds"], 1) and entry["build"].startswith("torch ")
+    assert "modes_sd" not in entry  # one seed: no spread
+
+
+def test_an_unknown_recipe_is_a_one_line_error(tmp_path, capsys):
+    assert modes.main(["--recipes", "ring9-best", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("benchmarks.modes: error: unknown recipe 'ring9-best' (available: ")

@@ -58,7 +58,21 @@ def test_the_builtin_recipes_are_listed_with_description_source_and_scores(capsy
     assert names == BUILTIN
     assert "grid25-best  grid25's best row: pacgan (m = 2)" in out
     assert out.count("    source: found by the benchmark") == 4
-    assert "    measured: " in out
+    assert "\n    measured on grid25: " in out  # gancore/recipes/scores.toml, which the benchmark's report writes
+
+
+def test_a_score_line_gives_mean_and_spread_seeds_steps_cost_and_build():
+    from gancore.recipes import score_line
+
+    scores = {"n_modes": 25, "seeds": [0, 1, 2, 3, 4], "modes": 25.0, "modes_sd": 0.0, "hq_percent": 95.4, "hq_percent_sd": 0.42,
+              "reverse_kl": 0.0081, "core_seconds_per_run": 2419.9, "steps": "12000", "build": "unknown build"}
+    assert score_line(scores) == "25.0 ± 0.0/25 modes, 95.4 ± 0.4% HQ, KL 0.008 (5 seeds, 12000 steps, 40.3 core-min/run, unknown build)"
+
+
+def test_a_recipe_the_benchmark_has_not_measured_says_so(capsys, ship):
+    ship({"wide-pack.toml": OUTSIDE})
+    code, out, _ = run_cli(capsys, "recipes", "wide-pack")
+    assert code == 0 and out.splitlines()[-1] == "# measured on ring8: not measured"
 
 
 def test_a_recipe_is_shown_in_full(capsys):
@@ -68,7 +82,7 @@ def test_a_recipe_is_shown_in_full(capsys):
     data = tomllib.loads(shown)
     assert data["train"]["loss"] == "hinge" and data["train"]["batch_size"] == 1024 and data["plugins"] == {"pacgan": {}}
     assert out.splitlines()[0] == "# grid25-best  (gancore: gancore:grid25-best.toml)"
-    assert out.splitlines()[-1].startswith("# measured: ")
+    assert out.splitlines()[-1].startswith("# measured on grid25: ")
 
 
 def test_every_builtin_recipe_resolves_and_sets_no_per_run_key(capsys):
