@@ -82,8 +82,14 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     presets = load_presets(args.presets, quick=args.quick)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     catalog = Catalog.installed()
-    recipes = [RecipeBook.installed().get(name) for name in _names(args.recipes) or ()]
-    plan = make_plan(catalog, presets, out, _names(args.datasets), _names(args.plugins), _seeds(args.seeds), recipes)
+    # --recipes alone runs only them; without --plugins and --recipes, the presets' recipes join the default rows
+    remedies = _names(args.plugins) if args.plugins or not args.recipes else []
+    recipe_names = _names(args.recipes) if args.recipes else ([] if args.plugins else presets.recipes)
+    recipes = [RecipeBook.installed().get(name) for name in recipe_names]
+    if not args.recipes:  # the presets' recipes run where they can, without a note where they cannot
+        recipes = [recipe for recipe in recipes if set(recipe.datasets) & set(_names(args.datasets) or presets.default)]
+    plan = make_plan(catalog, presets, out, _names(args.datasets), remedies, _seeds(args.seeds), recipes)
+    torch.set_num_threads(1)  # as every run (one thread per worker): the build below names the threads the runs use
     # a record of another (or an unknown) build is reported but not reused for new runs unless asked:
     # GAN trajectories amplify rounding, so its numbers may not be this machine's
     this_build = build_key(build_info())
@@ -106,7 +112,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"  skipped: {note}")
     for name in plan.not_default:
         print(f"  not run by default: {name} (not in the presets' `datasets`; run it with --datasets {name})")
-    torch.set_num_threads(1)
     estimate_notes = estimate(catalog, pending, stored, probe=not args.no_timing) if pending else []
     if pending:
         print_estimate(pending, workers, estimate_notes)

@@ -74,14 +74,12 @@ def broken_builtins(catalog: Catalog) -> dict[str, str]:
 
 def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str] | None, remedies: list[str] | None, seeds: list[int] | None,
               recipes: list[Recipe] | None = None) -> Plan:
-    """The runs asked for. ``recipes`` add their rows on the datasets they name (``recipe.datasets``);
-    with recipes and no ``remedies``, only the recipes run."""
+    """The runs asked for: ``remedies`` (None: vanilla, the built-ins and the presets' combinations)
+    and ``recipes``, each as a row on the datasets it names (``recipe.datasets``)."""
     for name in datasets or ():
         if name not in presets.datasets:
             raise BenchmarkError(f"--datasets: {name!r} has no table in {presets.path} (there: {', '.join(presets.datasets)})")
     requested = None if remedies is None else list(dict.fromkeys(parse_remedy(text) for text in remedies))
-    if recipes and requested is None:
-        requested = []
     plan = Plan([], {})
     for name, error in broken_builtins(catalog).items():
         plan.skipped.append(f"built-in plugin {name} failed to import and was not run ({error})")

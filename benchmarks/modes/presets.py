@@ -48,6 +48,7 @@ class DatasetPreset:
     goal_kl: float | None = None  # reverse KL at most this
     seeds: list[int] | None = None  # this dataset's own seeds (unset: the top-level `seeds`)
     remedy_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # remedy name -> its own core settings here
+    fixed: dict[str, Any] = field(default_factory=dict)  # core settings no remedy or recipe changes ([quick.train] with --quick)
 
     @property
     def goal(self) -> "Goal | None":
@@ -84,12 +85,13 @@ class Presets:
     exclude: list[str]
     datasets: dict[str, DatasetPreset]  # every dataset table, in file order
     default: list[str] = field(default_factory=list)  # what a run without --datasets runs
+    recipes: list[str] = field(default_factory=list)  # recipes run on the datasets they name, as rows named by them
 
     def seeds_of(self, preset: DatasetPreset) -> list[int]:
         return preset.seeds if preset.seeds is not None else self.seeds
 
 
-_TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "train", "plugins", "quick", "remedy_train"}
+_TOP_KEYS = {"seeds", "datasets", "exclude", "combinations", "recipes", "train", "plugins", "quick", "remedy_train"}
 _DATASET_KEYS = {"train", "plugins", "combinations", "more_combinations", "seeds", "goal_hq_percent", "goal_modes", "goal_kl", "remedy_train"}
 _QUICK_KEYS = {"datasets", "seeds", "train", "plugins"}
 _SET_BY_BENCHMARK = {"dataset", "data", "seed"}
@@ -106,6 +108,7 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
     where = f"presets file {path}"
     seeds = _int_list(data.get("seeds", [0]), f"{where}: seeds")
     exclude = _str_list(data.get("exclude", []), f"{where}: exclude")
+    recipes = _str_list(data.get("recipes", []), f"{where}: recipes")
     default_combinations = _combinations(data.get("combinations", []), f"{where}: combinations")
     shared_train = _train_table(data.get("train", {}), f"{where}: [train]")
     shared_plugins = _plugin_tables(data.get("plugins", {}), f"{where}: [plugins]")
@@ -164,8 +167,9 @@ def load_presets(path: Path, quick: bool = False) -> Presets:
                 train.update(quick_train)
             preset.plugins = _merge_tables(preset.plugins, quick_plugins)
             preset.seeds = None  # --quick runs its own seeds on every dataset
+            preset.fixed = quick_train
         default = names
-    return Presets(Path(path), seeds, exclude, datasets, default)
+    return Presets(Path(path), seeds, exclude, datasets, default, recipes)
 
 
 def _table(value: Any, where: str) -> dict:
@@ -289,13 +293,15 @@ def _part_value(value: Any) -> str:
 def recipe_parts(recipe: Recipe, preset: DatasetPreset) -> tuple[str, ...]:
     """The remedy that runs ``recipe`` on ``preset``'s dataset: its plugins (with the options that
     differ from the preset's), then ``train[...]`` with its core settings that differ from the
-    dataset's shared ones. A recipe that repeats the shared settings is the remedy the presets name
-    by bracket string, so its stored runs keep counting (they are found by name and settings)."""
+    dataset's shared ones, except those the preset fixes (--quick's). A recipe that repeats the
+    shared settings is the remedy the presets name by bracket string, so its stored runs keep
+    counting (they are found by name and settings). Precedence in the benchmark: the dataset's
+    shared settings < the recipe < [quick.train] with --quick."""
     parts = []
     for name, options in recipe.plugins.items():
         own = {key: value for key, value in options.items() if preset.plugins.get(name, {}).get(key) != value}
         parts.append(name + (f"[{','.join(f'{key}={_part_value(value)}' for key, value in own.items())}]" if own else ""))
-    own = {key: value for key, value in recipe.train.items() if preset.train.get(key) != value}
+    own = {key: value for key, value in recipe.train.items() if key not in preset.fixed and preset.train.get(key) != value}
     if own:
         parts.append(f"{CORE}[{','.join(f'{key}={_part_value(value)}' for key, value in own.items())}]")
     return tuple(parts)

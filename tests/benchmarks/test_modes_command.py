@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
@@ -370,6 +371,10 @@ def test_a_run_stored_by_another_or_an_unknown_build_runs_again_unless_reuse_is_
     out = tmp_path / "out"
     argv = ["--presets", str(presets), "--out", str(out), "--plugins", "vanilla", "--workers", "1", "--no-timing"]
     assert modes.main(argv) == 0
+    torch.set_num_threads(2)  # the caller's threads are not the runs': the same build still counts as this one
+    capsys.readouterr()
+    assert modes.main([*argv, "--dry-run"]) == 0
+    assert "1 already stored in " in capsys.readouterr().out
     path = out / "runs" / "ring8" / "vanilla" / "seed0.json"
     record = json.loads(path.read_text())
     for build in ({**record["build"], "cpu_capability": "AVX512"}, None):  # another build, then none recorded
@@ -477,3 +482,16 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
 def test_an_unknown_recipe_is_a_one_line_error(tmp_path, capsys):
     assert modes.main(["--recipes", "ring9-best", "--out", str(tmp_path), "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith("benchmarks.modes: error: unknown recipe 'ring9-best' (available: ")
+
+
+def test_the_presets_recipes_join_the_default_rows_and_quick_keeps_its_own_steps(tmp_path, capsys):
+    from gancore.recipes import RecipeBook
+
+    presets = modes.load_presets(modes_presets.DEFAULT_PRESETS, quick=True)
+    assert "ring8-best" in presets.recipes
+    assert modes.remedy_name(modes_presets.recipe_parts(RecipeBook.installed().get("ring8-best"), presets.datasets["ring8"])) == \
+        "pacgan+train[g_width=400,g_depth=4]"  # not the recipe's 10000 steps: --quick fixes them
+    assert modes.main(["--quick", "--out", str(tmp_path), "--dry-run", "--no-timing", "--plugins", "vanilla"]) == 0
+    assert "1 runs (ring8 1 remedies" in capsys.readouterr().out  # --plugins alone: no recipe rows
+    assert modes.main(["--quick", "--out", str(tmp_path), "--dry-run", "--no-timing", "--plugins", "vanilla", "--recipes", "ring8-best"]) == 0
+    assert "2 runs (ring8 2 remedies" in capsys.readouterr().out
