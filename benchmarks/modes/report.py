@@ -242,7 +242,8 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     with ``scores``, write there what each recipe's rows measured (gancore/recipes/scores.toml)."""
     records = stored_records(out)
     rows_by_dataset = build_rows(records)
-    recipes = recipe_rows(rows_by_dataset, presets)
+    book = RecipeBook.installed()
+    recipes = recipe_rows(book, rows_by_dataset, presets)
     datasets = dataset_order(rows_by_dataset, presets)
     published = load_published()
     formats = load_published_datasets()
@@ -268,6 +269,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     ]
     if not datasets:
         lines += ["No run is stored yet.", ""]
+    lines += _recipe_tables(book, datasets, rows_by_dataset, recipes, published, formats)
     for dataset in datasets:
         rows = rows_by_dataset[dataset]
         n_modes = rows[0].n_modes
@@ -357,14 +359,44 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     return out / "RESULTS.md"
 
 
-def recipe_rows(rows_by_dataset: dict[str, list[Row]], presets: Presets) -> dict[tuple[str, str], str]:
+def recipe_rows(book: RecipeBook, rows_by_dataset: dict[str, list[Row]], presets: Presets) -> dict[tuple[str, str], str]:
     """``{(dataset, remedy): recipe name}`` for the rows that are an installed recipe run on a dataset it names."""
     named = {}
-    for recipe in RecipeBook.installed().recipes.values():
+    for recipe in book.recipes.values():
         for dataset in recipe.datasets:
             if dataset in presets.datasets and dataset in rows_by_dataset:
                 named.setdefault((dataset, remedy_name(recipe_parts(recipe, presets.datasets[dataset]))), recipe.name)
     return named
+
+
+def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str],
+                   published: list[dict], formats: dict[str, dict]) -> list[str]:
+    """The opening tables: per dataset, every recipe run on it beside the papers' rows."""
+    lines = []
+    for dataset in datasets:
+        rows = sorted((row for row in rows_by_dataset[dataset] if (dataset, row.remedy) in recipes), key=lambda row: recipes[(dataset, row.remedy)])
+        if not rows:
+            continue
+        if not lines:
+            lines += ["## Recipes beside the papers", "",
+                      "Per dataset, every recipe run on it (`gancore recipes` lists them, `gancore train --recipe NAME` runs one) "
+                      "beside the papers' rows: mean ± std over seeds, and the one-core cost of one run (one torch thread: "
+                      "building, training and the final evaluation). Probes and controls are in the full tables below.", ""]
+        hq_metric = has_hq(rows)
+        lines += [f"### {dataset}", "", f"| recipe | source | modes (of {rows[0].n_modes}) | HQ % | reverse KL | one-core min / run | seeds |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            name = recipes[(dataset, row.remedy)]
+            hq_cell = _pm(*row.hq, 1) if hq_metric else "—"
+            lines.append(f"| {name} | {book.recipes[name].source} | {_pm(*row.modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=True)} | "
+                         f"{row.wall / 60:.1f} | {len(row.records)} |")
+        for paper in published:
+            numbers = published_values(paper, dataset, formats)
+            if numbers is not None:
+                cells = [f"{numbers[key]:g}" if key in numbers else "—" for key in PUBLISHED_VALUES]
+                lines.append(f"| *paper:* {paper['method']} | {paper['source']} | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
+        lines.append("")
+    return lines
 
 
 def recipe_scores_toml(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], command: str) -> str:

@@ -466,6 +466,9 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
     assert (out / "runs" / "ring8" / "instance-noise[std=0.5]+train[g_width=24]" / "seed0.json").is_file()
     report = (out / "RESULTS.md").read_text()
     assert "\n| tiny-noise | " in report
+    opening = report[report.index("## Recipes beside the papers"):report.index("\n## ring8")]  # the opening table, before the full one
+    assert "| recipe | source | modes (of 8) | HQ % | reverse KL | one-core min / run | seeds |" in opening
+    assert "\n| tiny-noise | found by a test | " in opening and opening.count("| *paper:* ") == published_ring8_rows()
     assert "Rows named by recipe (`gancore recipes NAME` shows one; `gancore train --recipe NAME` runs it): tiny-noise = instance-noise[std=0.5]+train[g_width=24]." in report
 
     scores = tmp_path / "scores.toml"
