@@ -17,6 +17,7 @@ from gancore.data import DATASET_NAMES
 from gancore.recipes import RecipeBook
 
 from benchmarks.modes.pictures import draw_dataset
+from benchmarks.modes.plan import run_values
 from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, Goal, Presets, parse_remedy, part_options, recipe_parts, remedy_name
 from benchmarks.modes.records import (
     UNKNOWN_BUILD, dump_json, normalized, read_invocations, record_build, relative_path, request_key, stored_records, write_text,
@@ -360,12 +361,17 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
 
 
 def recipe_rows(book: RecipeBook, rows_by_dataset: dict[str, list[Row]], presets: Presets) -> dict[tuple[str, str], str]:
-    """``{(dataset, remedy): recipe name}`` for the rows that are an installed recipe run on a dataset it names."""
+    """``{(dataset, remedy): recipe name}`` for the rows that are an installed recipe run on a dataset it
+    names, with the settings the recipe gives there (not a --quick row of the same name, run with fewer steps)."""
     named = {}
     for recipe in book.recipes.values():
         for dataset in recipe.datasets:
             if dataset in presets.datasets and dataset in rows_by_dataset:
-                named.setdefault((dataset, remedy_name(recipe_parts(recipe, presets.datasets[dataset]))), recipe.name)
+                parts = recipe_parts(recipe, presets.datasets[dataset])
+                wanted = request_key(run_values(presets.datasets[dataset], parts, 0))
+                for row in rows_by_dataset[dataset]:
+                    if row.remedy == remedy_name(parts) and all(request_key(record["request"]) == wanted for record in row.records):
+                        named.setdefault((dataset, row.remedy), recipe.name)
     return named
 
 
