@@ -87,7 +87,14 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
         plan.not_default = [name for name in presets.datasets if name not in presets.default]
     for preset in (presets.datasets[name] for name in (datasets or presets.default)):
         chosen = requested if requested is not None else discover_remedies(catalog, preset, presets.exclude)
-        chosen = list(dict.fromkeys([*chosen, *(recipe_parts(recipe, preset) for recipe in recipes or () if preset.name in recipe.datasets)]))
+        chosen = list(chosen)
+        for recipe in recipes or ():
+            if preset.name in recipe.datasets:
+                try:
+                    chosen.append(recipe_parts(recipe, preset))
+                except BenchmarkError as error:
+                    plan.skipped.append(f"{preset.name} {error}")
+        chosen = list(dict.fromkeys(chosen))
         runnable = []
         for parts in chosen:
             problem = _check_remedy(catalog, preset, parts)

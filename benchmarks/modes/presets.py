@@ -283,11 +283,13 @@ def plugin_names(parts: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in (part_options(part)[0] for part in parts) if name != CORE)
 
 
-def _part_value(value: Any) -> str:
-    """A value as a ``NAME[OPTION=VALUE]`` part writes it (read back as TOML, else as text)."""
-    if isinstance(value, list):
-        return "[" + ",".join(_part_value(item) for item in value) + "]"
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def _part_options(recipe: Recipe, owner: str, options: dict[str, Any]) -> str:
+    """``OPTION=VALUE,...`` as a ``NAME[...]`` part writes them (read back as TOML, else as text)."""
+    for key, value in options.items():
+        if isinstance(value, (list, dict)):
+            raise BenchmarkError(f"recipe {recipe.name}: {owner}.{key} = {value} differs from the presets' and a list cannot be written "
+                                 f"in a remedy name; set it in the presets' [DATASET.train] too, or leave it out of the recipe")
+    return ",".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in options.items())
 
 
 def recipe_parts(recipe: Recipe, preset: DatasetPreset) -> tuple[str, ...]:
@@ -300,8 +302,8 @@ def recipe_parts(recipe: Recipe, preset: DatasetPreset) -> tuple[str, ...]:
     parts = []
     for name, options in recipe.plugins.items():
         own = {key: value for key, value in options.items() if preset.plugins.get(name, {}).get(key) != value}
-        parts.append(name + (f"[{','.join(f'{key}={_part_value(value)}' for key, value in own.items())}]" if own else ""))
+        parts.append(name + (f"[{_part_options(recipe, name, own)}]" if own else ""))
     own = {key: value for key, value in recipe.train.items() if key not in preset.fixed and preset.train.get(key) != value}
     if own:
-        parts.append(f"{CORE}[{','.join(f'{key}={_part_value(value)}' for key, value in own.items())}]")
+        parts.append(f"{CORE}[{_part_options(recipe, CORE, own)}]")
     return tuple(parts)

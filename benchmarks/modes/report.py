@@ -18,7 +18,7 @@ from gancore.recipes import RecipeBook
 
 from benchmarks.modes.pictures import draw_dataset
 from benchmarks.modes.plan import run_values
-from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, Goal, Presets, parse_remedy, part_options, recipe_parts, remedy_name
+from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, BenchmarkError, Goal, Presets, parse_remedy, part_options, recipe_parts, remedy_name
 from benchmarks.modes.records import (
     UNKNOWN_BUILD, dump_json, normalized, read_invocations, record_build, relative_path, request_key, stored_records, write_text,
 )
@@ -367,7 +367,10 @@ def recipe_rows(book: RecipeBook, rows_by_dataset: dict[str, list[Row]], presets
     for recipe in book.recipes.values():
         for dataset in recipe.datasets:
             if dataset in presets.datasets and dataset in rows_by_dataset:
-                parts = recipe_parts(recipe, presets.datasets[dataset])
+                try:
+                    parts = recipe_parts(recipe, presets.datasets[dataset])
+                except BenchmarkError:  # settings no remedy name can hold: no stored row is this recipe
+                    continue
                 wanted = request_key(run_values(presets.datasets[dataset], parts, 0))
                 for row in rows_by_dataset[dataset]:
                     if row.remedy == remedy_name(parts) and all(request_key(record["request"]) == wanted for record in row.records):

@@ -498,3 +498,16 @@ def test_the_presets_recipes_join_the_default_rows_and_quick_keeps_its_own_steps
     assert "1 runs (ring8 1 remedies" in capsys.readouterr().out  # --plugins alone: no recipe rows
     assert modes.main(["--quick", "--out", str(tmp_path), "--dry-run", "--no-timing", "--plugins", "vanilla", "--recipes", "ring8-best"]) == 0
     assert "2 runs (ring8 2 remedies" in capsys.readouterr().out
+
+
+def test_a_recipe_whose_list_setting_differs_from_the_presets_is_skipped_with_a_note(tmp_path):
+    from gancore.recipes import RecipeBook
+
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(TINY)
+    presets = modes.load_presets(presets_file)
+    recipe = RecipeBook.installed().get("benchmark-vanilla")  # betas (0.5, 0.9) against the tiny presets' defaults
+    with pytest.raises(modes.BenchmarkError, match=r"recipe benchmark-vanilla: train.betas_d = \[0.5, 0.9\] differs from the presets' and a list"):
+        modes_presets.recipe_parts(recipe, presets.datasets["ring8"])
+    plan = modes.make_plan(Catalog.installed(), presets, tmp_path, None, [], None, [recipe])
+    assert not plan.tasks and plan.skipped[0].startswith("ring8 recipe benchmark-vanilla: train.betas_d = [0.5, 0.9] differs")
