@@ -16,6 +16,7 @@ from gancore.errors import GancoreError, Interrupted, one_line
 from gancore.manager import Catalog
 from gancore.memory import is_out_of_memory
 from gancore.options import parse_assignments
+from gancore.recipes import RecipeBook, chosen_recipe, score_line, settings_layers
 
 def _catalog(ctx: click.Context) -> Catalog:
     return ctx.find_root().obj
@@ -42,6 +43,7 @@ def cli(debug: bool) -> None:
 @click.option("--batch-size", "batch_size", type=int, help="Samples per batch.  [default: 512]")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Random seed.  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.  [default: auto]")
+@click.option("--recipe", help="Start from a recipe (see `gancore recipes`); --config, --set and flags override it, --plugin adds plugins after its own.")
 @click.option("--plugin", "-p", "plugins", multiple=True, help="Enable a plugin (repeatable, applied in order).")
 @click.option("--set", "-s", "assignments", multiple=True, metavar="NAME.OPTION=VALUE", help="Set an option of the core (train.*) or of a plugin (repeatable).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with [train] and [plugins.NAME] tables.")
@@ -51,23 +53,22 @@ def cli(debug: bool) -> None:
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this run directory from its last checkpoint (with --steps: a new total).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the result line.")
 @click.pass_context
-def train(ctx, config_file, plugins, assignments, out, name, quiet, resume, **flags):
+def train(ctx, config_file, recipe, plugins, assignments, out, name, quiet, resume, **flags):
     """Train a GAN and write a run directory (config, metrics, checkpoints, pictures)."""
     from gancore.rundir import RunDirectory, check_run_name, default_run_name, resume_run
     from gancore.trainer import Trainer
 
     if resume:
         others = [flag for flag, value in flags.items() if value is not None and flag != "steps"]
-        if others or plugins or assignments or config_file or name or out:
+        if others or plugins or assignments or config_file or recipe or name or out:
             raise GancoreError("--resume continues a run with its own settings and directory; give only --steps (a new total) and --quiet")
         _fit(resume_run(Path(resume), _catalog(ctx), not quiet, flags["steps"]), new_run=False)
         return
     if name is not None:
         check_run_name(name)
     file_data = read_toml(config_file) if config_file else {}
-    values: dict[str, dict] = {CORE: dict(file_data.get(CORE, {}))}
-    for plugin, options in file_data.get("plugins", {}).items():
-        values[plugin] = dict(options)
+    recipe = chosen_recipe(recipe, file_data)
+    enabled, values = settings_layers(_recipe_book().get(recipe) if recipe else None, _catalog(ctx), file_data)
     given = parse_assignments(assignments)
     for key, value in flags.items():
         if value is not None and key in given.get(CORE, {}):
@@ -75,8 +76,8 @@ def train(ctx, config_file, plugins, assignments, out, name, quiet, resume, **fl
     for owner, options in given.items():
         values.setdefault(owner, {}).update(options)
     values[CORE].update({key: value for key, value in flags.items() if value is not None})
-    enabled = [*file_data.get("plugins", {}), *plugins]
-    run = _catalog(ctx).resolve(enabled, values)
+    run = _catalog(ctx).resolve([*enabled, *plugins], values)
+    run.config.recipe = recipe
     with run.reporting_plugin_faults():
         trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
     trainer.output = RunDirectory.create(Path(out or "runs"), name or default_run_name(run.config), run)
@@ -114,6 +115,44 @@ def list_plugins(ctx):
             click.echo(f"    {info.name}.{option.name} = {option.default!r}  [{option.type_name}{choices}]  {option.help}")
     for name, reason in catalog.broken.items():
         click.echo(f"{name}  (not usable: {reason})")
+
+
+def _recipe_book() -> RecipeBook:
+    book = RecipeBook.installed()
+    for warning in book.warnings:
+        click.echo(f"gancore: warning: {warning}", err=True)
+    return book
+
+
+@cli.command("recipes")
+@click.argument("name", required=False)
+def list_recipes(name):
+    """List the installed recipes with their source and measured scores, or show recipe NAME in full."""
+    book = _recipe_book()
+    if name is not None:
+        recipe = book.get(name)
+        click.echo(f"# {recipe.name}  ({recipe.origin}: {recipe.file})")
+        click.echo(recipe.text.rstrip())
+        click.echo("\n".join(f"# measured on {line}" for line in _scores_lines(book, recipe.name, recipe.datasets)))
+        return
+    if not book.recipes:
+        click.echo("no recipes installed")
+    for recipe in book.recipes.values():
+        origin = "" if recipe.origin == "gancore" else f"  ({recipe.origin})"
+        click.echo(f"{recipe.name}{origin}  {recipe.description}")
+        click.echo(f"    source: {recipe.source}")
+        click.echo("\n".join(f"    measured on {line}" for line in _scores_lines(book, recipe.name, recipe.datasets)))
+    for broken, reason in book.broken.items():
+        click.echo(f"{broken}  (not usable: {reason})")
+
+
+def _scores_lines(book: RecipeBook, name: str, datasets: tuple[str, ...]) -> list[str]:
+    """One line per dataset: what the mode benchmark measured with the recipe there, or "not measured"."""
+    measured = book.scores.get(name, {})
+    lines = [f"{dataset}: {score_line(measured[dataset])}" for dataset in datasets if dataset in measured]
+    lines += [f"{dataset}: {score_line(scores)}" for dataset, scores in measured.items() if dataset not in datasets]
+    lines += [f"{dataset}: not measured" for dataset in datasets if dataset not in measured]
+    return lines or ["no dataset: not measured"]
 
 
 @cli.command("eval")

@@ -85,6 +85,7 @@ class RunConfig:
     plugins: dict[str, SimpleNamespace]
     explicit: set[str] = field(default_factory=set)
     suggested_by: dict[str, str] = field(default_factory=dict)
+    recipe: str | None = None  # the recipe the settings started from (gancore.recipes), recorded in config.toml
 
     def suggest(self, plugin: str, **values: Any) -> None:
         """Set core defaults on behalf of ``plugin``; explicit user settings win."""
@@ -105,19 +106,24 @@ class RunConfig:
         def clean(namespace: SimpleNamespace) -> dict:
             return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(namespace).items() if v is not None}
 
-        return {CORE: clean(self.train), "plugins": {name: clean(ns) for name, ns in self.plugins.items()}}
+        recorded = {"recipe": {"name": self.recipe}} if self.recipe else {}
+        return {**recorded, CORE: clean(self.train), "plugins": {name: clean(ns) for name, ns in self.plugins.items()}}
 
 
 def read_toml(path: str | Path) -> dict:
-    """Read a TOML config: a ``[train]`` table and ``[plugins.NAME]`` tables; ``plugins.enabled`` lists plugins."""
+    """Read a TOML config: a ``[train]`` table, ``[plugins.NAME]`` tables, and optionally
+    ``[recipe]`` with ``name``, the recipe the settings start from (as a run's config.toml records it)."""
     path = Path(path)
     try:
         data = tomllib.loads(read_regular_file(path, "config file", MAX_CONFIG_BYTES).decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise GancoreError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {CORE, "plugins"})
+    unknown = sorted(set(data) - {"recipe", CORE, "plugins"})
     if unknown:
-        raise GancoreError(f"config file {path}: unknown table [{unknown[0]}] (use [train] and [plugins.NAME])")
+        raise GancoreError(f"config file {path}: unknown table [{unknown[0]}] (use [train], [plugins.NAME] and [recipe])")
+    recipe = data.get("recipe", {"name": ""})
+    if not isinstance(recipe, dict) or set(recipe) != {"name"} or not isinstance(recipe["name"], str):
+        raise GancoreError(f"config file {path}: [recipe] holds one key, name = \"RECIPE\" (see `gancore recipes`)")
     if not isinstance(data.get(CORE, {}), dict) or not isinstance(data.get("plugins", {}), dict):
         raise GancoreError(f"config file {path}: [train] and [plugins] must be tables")
     for name, options in data.get("plugins", {}).items():

@@ -161,7 +161,9 @@ class RunDirectory:
         directory = cls(path, RunLock(path).acquire())
         _write_text(path / "config.toml", tomli_w.dumps(run.config.to_toml_dict()))
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        meta = {"gancore": __version__, "plugins": run.identity(), "started": started, **({"given": given} if given else {})}
+        recipe = {"recipe": run.config.recipe} if run.config.recipe else {}
+        given_networks = {"given": given} if given else {}
+        meta = {"gancore": __version__, **recipe, "plugins": run.identity(), "started": started, **given_networks}
         _write_text(path / "run.json", dump_json(meta))
         return directory
 
@@ -300,6 +302,7 @@ def open_trainer(
     _check_plugins_installed(path, list(data.get("plugins", {})), catalog)
     values = {CORE: {**data.get(CORE, {}), **({} if steps is None else {"steps": steps})}, **data.get("plugins", {})}
     run = catalog.resolve(list(data.get("plugins", {})), values)
+    run.config.recipe = data.get("recipe", {}).get("name")
     checkpoint = latest_checkpoint(path / "checkpoints")
     state = load_checkpoint(checkpoint, "cpu")
     check_checkpoint_matches(checkpoint, state, run)

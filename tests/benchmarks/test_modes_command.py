@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import modes  # noqa: E402
+from benchmarks.modes import estimate as modes_estimate, pictures as modes_pictures, presets as modes_presets, report as modes_report  # noqa: E402
 from gancore.manager import Catalog  # noqa: E402
 
 TINY = """
@@ -178,7 +180,7 @@ def test_tiny_stacked_digits_benchmark_reports_modes_and_kl_without_hq(tmp_path,
     import numpy as np
 
     samples = np.load(out / "runs" / "stacked-digits" / "vanilla" / "seed0.samples.npy")
-    assert samples.shape == (modes.PICTURE_IMAGES, 3, 8, 8) and samples.min() >= -1 and samples.max() <= 1  # a grid, not 300 flat samples
+    assert samples.shape == (modes_presets.PICTURE_IMAGES, 3, 8, 8) and samples.min() >= -1 and samples.max() <= 1  # a grid, not 300 flat samples
     assert (out / "samples_stacked-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -271,7 +273,7 @@ def test_metrics_a_plugin_adds_to_the_evaluation_are_reported_per_remedy():
         modes.Row("adagan", ["adagan"], [record(0, adagan_weight_ess=0.5, adagan_mixture_weights=[0.5, 0.5], adagan_done=True)]),
     ]
     # core metrics (reported by every row), losses, lists and flags are left out
-    assert modes._plugin_metric_lines(rows) == [
+    assert modes_report._plugin_metric_lines(rows) == [
         "- veegan: reconstruction_error 252.000 ± 2.828",
         "- adagan: adagan_weight_ess 0.500",
     ]
@@ -282,7 +284,7 @@ def test_a_remedy_with_its_own_core_options_is_compared_with_the_vanilla_of_thos
     rows = [ring8_row("vanilla", [(6, 95.0), (6, 95.0)]), ring8_row("pacgan", [(8, 90.0), (8, 92.0)]),
             ring8_row(big, [(4, 99.0), (4, 97.0)]), ring8_row(f"pacgan+{big}", [(8, 98.0), (8, 99.0)])]
     published = [{"method": "PacGAN2", "source": "PacGAN Table 1", "remedy": ["pacgan", f"pacgan+{big}"], "ring8": [7.9, 95.6]}]
-    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
+    notes = "\n".join(modes_report._dataset_notes("ring8", rows, 97.0, published))
     # its own vanilla, not the 2x128 one
     assert f"Beat vanilla on modes and HQ: pacgan+{big} (+4.0 modes, +0.5 HQ points against {big})" in notes
     assert "pacgan (+2.0 modes, -4.0 HQ points)" in notes and f"{big} (-2.0 modes, +3.0 HQ points)" in notes
@@ -296,7 +298,7 @@ def test_the_notes_name_the_remedies_that_beat_each_published_row_on_both_column
     published = [{"method": "VEEGAN", "source": "VEEGAN Table 1", "ring8": [8, 52.9]},
                  {"method": "Unrolled", "source": "VEEGAN Table 1", "ring8": [6.5, 35.6]},
                  {"method": "GAN", "source": "VEEGAN Table 1", "ring8": [1, 99.3]}]
-    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, published))
+    notes = "\n".join(modes_report._dataset_notes("ring8", rows, 97.0, published))
     # all 8 modes tie the paper's 8 (no row can have more); HQ means 55.0 and 55.0 beat 52.9, veegan's 59.5 comes with 7.5 modes
     assert "  - VEEGAN 8 / 52.9% (VEEGAN Table 1): pacgan, adagan.\n" in notes
     # below full coverage a tie is not a win: vanilla's 6.5 modes do not beat the paper's 6.5
@@ -320,20 +322,20 @@ def test_more_combinations_extend_a_datasets_list_after_the_shared_ones(tmp_path
 
 def test_a_long_remedy_name_is_wrapped_after_plus_or_comma_in_its_picture_title():
     remedy = "pacgan+train[g_width=400,g_depth=4,batch_size=1024,d_width=200,d_depth=3,d_maxout=5]"
-    lines = modes._wrapped(remedy).split("\n")
+    lines = modes_pictures._wrapped(remedy).split("\n")
     assert "".join(lines) == remedy
-    assert len(lines) == 3 and all(len(line) <= modes.PANEL_LINE_CHARS for line in lines)
+    assert len(lines) == 3 and all(len(line) <= modes_pictures.PANEL_LINE_CHARS for line in lines)
     assert all(line.endswith(("+", ",")) for line in lines[:-1])
-    assert modes._wrapped("pacgan+unrolled") == "pacgan+unrolled"
+    assert modes_pictures._wrapped("pacgan+unrolled") == "pacgan+unrolled"
 
 
 def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, capsys, monkeypatch):
     def task(seed):
-        return modes.Task("grid25", "pacgan", ("pacgan",), seed, {modes.CORE: {"steps": 100}},
+        return modes.Task("grid25", "pacgan", ("pacgan",), seed, {modes_presets.CORE: {"steps": 100}},
                           tmp_path / f"seed{seed}.json", estimate=1800.0)
 
-    monkeypatch.setattr(modes.os, "cpu_count", lambda: 2)
-    modes._print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
+    monkeypatch.setattr(modes_estimate, "usable_cpus", lambda: 2)
+    modes_estimate.print_estimate([task(seed) for seed in range(4)], workers=4, notes=[])
     # four 30-minute runs on 2 CPUs take an hour whether 2 or 4 workers run them
     assert "estimated time: 1 h 00 min on 4 workers" in capsys.readouterr().out
 
@@ -341,7 +343,7 @@ def test_the_estimate_counts_workers_beyond_the_cpus_as_sharing_them(tmp_path, c
 def test_a_goal_met_on_fewer_seeds_than_the_other_rows_says_on_how_many():
     rows = [ring8_row("vanilla", [(6, 95.0), (7, 95.0), (8, 98.0)]), ring8_row("pacgan", [(8, 98.0), (8, 97.5), (8, 99.0)]),
             ring8_row("adagan", [(8, 98.0), (8, 99.0)])]
-    notes = "\n".join(modes._dataset_notes("ring8", rows, 97.0, []))
+    notes = "\n".join(modes_report._dataset_notes("ring8", rows, 97.0, []))
     assert "- Goal (all 8 modes with at least 97% HQ) **met** by: pacgan, adagan (on 2 of 3 seeds only)." in notes
 
 
@@ -360,4 +362,152 @@ def test_a_core_option_newer_than_vanillas_runs_is_not_reported_as_a_change_at_i
     rows = [modes.Row("vanilla", (), [record({"steps": 10}, {})]),  # stored before d_maxout existed
             modes.Row("ema", ("ema",), [record({"steps": 10, "d_maxout": 1}, {"ema": {"decay": 0.999}})]),
             modes.Row("train[d_maxout=5]", (), [record({"steps": 10, "d_maxout": 5}, {})])]
-    assert modes._settings_lines(rows)[1] == ["- ema: ema.decay=0.999", "- train[d_maxout=5]: train.d_maxout=5"]
+    assert modes_report._settings_lines(rows)[1] == ["- ema: ema.decay=0.999", "- train[d_maxout=5]: train.d_maxout=5"]
+
+
+def test_a_run_stored_by_another_or_an_unknown_build_runs_again_unless_reuse_is_asked(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--plugins", "vanilla", "--workers", "1", "--no-timing"]
+    assert modes.main(argv) == 0
+    torch.set_num_threads(2)  # the caller's threads are not the runs': the same build still counts as this one
+    capsys.readouterr()
+    assert modes.main([*argv, "--dry-run"]) == 0
+    assert "1 already stored in " in capsys.readouterr().out
+    path = out / "runs" / "ring8" / "vanilla" / "seed0.json"
+    record = json.loads(path.read_text())
+    for build in ({**record["build"], "cpu_capability": "AVX512"}, None):  # another build, then none recorded
+        if build is None:
+            del record["build"]
+        else:
+            record["build"] = build
+        path.write_text(json.dumps(record))
+        capsys.readouterr()
+        assert modes.main([*argv, "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert "0 already stored in " in printed and "1 to run on 1 workers" in printed
+        assert "1 of the runs to run are stored from another or an unknown build; they run again on this one (torch " in printed
+        assert modes.main([*argv, "--dry-run", "--reuse-other-builds"]) == 0
+        assert "1 already stored in " in capsys.readouterr().out
+    assert modes.main([*argv, "--report-only"]) == 0  # the report still counts it, and says whose it is
+    assert "- Every run by an unknown build: stored before records named their build, so a rerun on this machine may differ." in (out / "RESULTS.md").read_text()
+
+
+def test_the_report_says_which_rows_mix_builds():
+    def record(seed, capability):
+        return {"seed": seed, "build": {"torch": "2.13.0", "cpu_capability": capability, "blas": "mkl", "threads": 1}}
+
+    rows = {"ring8": [modes.Row("pacgan", ["pacgan"], [record(0, "AVX2"), record(1, "AVX512")]),
+                      modes.Row("vanilla", [], [record(0, "AVX2")])]}
+    (line,) = modes_report._build_lines([r for row in rows["ring8"] for r in row.records], rows)
+    assert line == ("- **The runs mix builds**: 2 by torch 2.13.0, AVX2, mkl, 1 thread(s); 1 by torch 2.13.0, AVX512, mkl, 1 thread(s)."
+                    " Rows whose seeds come from more than one build: ring8 pacgan.")
+
+
+def test_the_estimate_says_when_it_reused_stored_wall_times(tmp_path, capsys, monkeypatch):
+    def task(seed, source):
+        return modes.Task("ring8", "pacgan", ("pacgan",), seed, {modes_presets.CORE: {"steps": 100}},
+                          tmp_path / f"seed{seed}.json", estimate=60.0, estimated_from=source)
+
+    monkeypatch.setattr(modes_estimate, "usable_cpus", lambda: 2)
+    modes_estimate.print_estimate([task(0, "stored"), task(1, "stored")], workers=2, notes=[])
+    printed = capsys.readouterr().out
+    assert "(sum of run times 2 min; 2 runs from the wall times of stored runs of the same settings)" in printed and "timed" not in printed
+    modes_estimate.print_estimate([task(0, "stored"), task(1, "timed")], workers=2, notes=[])
+    printed = capsys.readouterr().out
+    assert "1 runs from the wall times of stored runs of the same settings; 1 runs from timed steps x steps, timed at load average" in printed
+    assert "on 2 usable CPUs" in printed
+
+
+def test_the_default_workers_are_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(modes_estimate.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert modes.parser().parse_args([]).workers == 1
+
+
+def test_builtin_recipes_are_the_rows_the_presets_name_by_settings():
+    """A best recipe repeats the shared settings, so on its dataset it is the stored bracket-string row."""
+    from gancore.recipes import RecipeBook
+
+    presets = modes.load_presets(modes_presets.DEFAULT_PRESETS)
+    book = RecipeBook.installed()
+    parts = {name: modes.remedy_name(modes_presets.recipe_parts(book.get(name), presets.datasets[dataset]))
+             for name, dataset in (("ring8-best", "ring8"), ("grid25-best", "grid25"), ("hd1200-best", "hd1200"), ("benchmark-vanilla", "hd1200"))}
+    assert parts == {
+        "ring8-best": "pacgan+train[g_width=400,g_depth=4]",
+        "grid25-best": "pacgan+train[g_width=400,g_depth=4,batch_size=1024,d_width=200,d_depth=3,d_maxout=5,loss=hinge]",
+        "hd1200-best": "pacgan+train[g_width=400,g_depth=4]",
+        "benchmark-vanilla": "vanilla",
+    }
+
+
+def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path, capsys, monkeypatch):
+    from plugin_packages import fake_recipe_distribution
+
+    site = tmp_path / "site"
+    site.mkdir()
+    fake_recipe_distribution(site, "tiny-recipes", "1.0", "tiny_recipes_for_the_benchmark", {"tiny-noise.toml": """
+        [recipe]
+        description = "instance noise on a wider G"
+        source = "found by a test"
+        datasets = ["ring8"]
+        [train]
+        g_width = 24
+        [plugins.instance-noise]
+        std = 0.5
+    """})
+    monkeypatch.syspath_prepend(str(site))
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--recipes", "tiny-noise", "--workers", "1", "--no-timing"]
+    assert modes.main(argv) == 0
+    assert "1 runs (ring8 1 remedies; seeds 0)" in capsys.readouterr().out  # the recipe alone
+    assert (out / "runs" / "ring8" / "instance-noise[std=0.5]+train[g_width=24]" / "seed0.json").is_file()
+    report = (out / "RESULTS.md").read_text()
+    assert "\n| tiny-noise | " in report
+    opening = report[report.index("## Recipes beside the papers"):report.index("\n## ring8")]  # the opening table, before the full one
+    assert "| recipe | source | modes (of 8) | HQ % | reverse KL | one-core min / run | seeds |" in opening
+    assert "\n| tiny-noise | found by a test | " in opening and opening.count("| *paper:* ") == published_ring8_rows()
+    assert "Rows named by recipe (`gancore recipes NAME` shows one; `gancore train --recipe NAME` runs it): tiny-noise = instance-noise[std=0.5]+train[g_width=24]." in report
+
+    scores = tmp_path / "scores.toml"
+    modes.write_report(out, modes.load_presets(presets), {}, argv, [], scores=scores)
+    (result,) = json.loads((out / "results.json").read_text())
+    written = modes_presets.tomllib.loads(scores.read_text())
+    entry = written["tiny-noise"]["ring8"]
+    assert entry["modes"] == result["metrics"]["modes_captured"] and entry["hq_percent"] == round(result["metrics"]["hq_percent"], 4)
+    assert entry["seeds"] == [0] and entry["n_modes"] == 8 and entry["row"] == "instance-noise[std=0.5]+train[g_width=24]"
+    assert entry["core_seconds_per_run"] == round(result["wall_seconds"], 1) and entry["build"].startswith("torch ")
+    assert "modes_sd" not in entry  # one seed: no spread
+
+
+def test_an_unknown_recipe_is_a_one_line_error(tmp_path, capsys):
+    assert modes.main(["--recipes", "ring9-best", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("benchmarks.modes: error: unknown recipe 'ring9-best' (available: ")
+
+
+def test_the_presets_recipes_join_the_default_rows_and_quick_keeps_its_own_steps(tmp_path, capsys):
+    from gancore.recipes import RecipeBook
+
+    presets = modes.load_presets(modes_presets.DEFAULT_PRESETS, quick=True)
+    assert "ring8-best" in presets.recipes
+    assert modes.remedy_name(modes_presets.recipe_parts(RecipeBook.installed().get("ring8-best"), presets.datasets["ring8"])) == \
+        "pacgan+train[g_width=400,g_depth=4]"  # not the recipe's 10000 steps: --quick fixes them
+    assert modes.main(["--quick", "--out", str(tmp_path), "--dry-run", "--no-timing", "--plugins", "vanilla"]) == 0
+    assert "1 runs (ring8 1 remedies" in capsys.readouterr().out  # --plugins alone: no recipe rows
+    assert modes.main(["--quick", "--out", str(tmp_path), "--dry-run", "--no-timing", "--plugins", "vanilla", "--recipes", "ring8-best"]) == 0
+    assert "2 runs (ring8 2 remedies" in capsys.readouterr().out
+
+
+def test_a_recipe_whose_list_setting_differs_from_the_presets_is_skipped_with_a_note(tmp_path):
+    from gancore.recipes import RecipeBook
+
+    presets_file = tmp_path / "presets.toml"
+    presets_file.write_text(TINY)
+    presets = modes.load_presets(presets_file)
+    recipe = RecipeBook.installed().get("benchmark-vanilla")  # betas (0.5, 0.9) against the tiny presets' defaults
+    with pytest.raises(modes.BenchmarkError, match=r"recipe benchmark-vanilla: train.betas_d = \[0.5, 0.9\] differs from the presets' and a list"):
+        modes_presets.recipe_parts(recipe, presets.datasets["ring8"])
+    plan = modes.make_plan(Catalog.installed(), presets, tmp_path, None, [], None, [recipe])
+    assert not plan.tasks and plan.skipped[0].startswith("ring8 recipe benchmark-vanilla: train.betas_d = [0.5, 0.9] differs")

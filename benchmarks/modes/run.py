@@ -1,0 +1,142 @@
+"""Running: one run in a worker process, and the pool that runs the pending ones."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gancore import __version__
+from gancore.checkpoint import atomic_write
+from gancore.manager import Catalog
+from gancore.metrics import nearest_modes
+from gancore.provenance import build_info
+
+from benchmarks.modes.plan import Task
+from benchmarks.modes.presets import PICTURE_IMAGES
+from benchmarks.modes.records import dump_json, normalized, write_text
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or `taskset`'s share), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+_WORKER_CATALOG: Catalog | None = None
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    torch.set_num_threads(1)
+
+
+def picture_view(points: torch.Tensor, modes: torch.Tensor | None, hq_norm: str) -> torch.Tensor:
+    """What a panel of samples_<dataset>.png shows of points: themselves up to 2-D; above, two numbers.
+
+    For hd1200 (every mode is one shift of all coordinates): x = the mean coordinate (which mode),
+    y = the distance to the nearest mode in the HQ norm (L-inf there; HQ means y <= radius).
+    """
+    points = points.detach().float().cpu()
+    if points.shape[1] <= 2 or modes is None:
+        return points
+    modes = modes.float().cpu()
+    offsets = points - modes[nearest_modes(points, modes)]
+    distance = offsets.abs().amax(dim=1) if hq_norm == "linf" else offsets.norm(dim=1)
+    return torch.stack([points.mean(dim=1), distance], dim=1)
+
+
+def execute(task: Task, catalog: Catalog | None = None) -> dict:
+    """Run one task with the core trainer, store its record and samples, and return the record.
+
+    A run whose loss or parameters become non-finite is a result, not a failure: it is stored
+    with ``diverged`` (the core's message) and the metrics of its generator where it stopped
+    (a diverged generator scores 0), so that it is not redone (it would diverge again).
+    A run that raises anything else is stored as failed and retried on the next invocation.
+    """
+    from gancore.trainer import NonFiniteError, Trainer
+
+    global _WORKER_CATALOG
+    if catalog is None:
+        _WORKER_CATALOG = _WORKER_CATALOG or Catalog.installed()
+        catalog = _WORKER_CATALOG
+    base = {"dataset": task.dataset, "remedy": task.remedy, "plugins": list(task.plugins), "seed": task.seed,
+            "request": normalized(task.values), "gancore": __version__, "build": build_info()}
+    started = time.perf_counter()
+    try:
+        run = catalog.resolve(list(task.plugins), task.values)
+        diverged = None
+        with run.reporting_plugin_faults():
+            trainer = Trainer(run, output=None, progress=False)
+            try:
+                summary = trainer.fit()
+            except NonFiniteError as exc:
+                diverged = str(exc)
+                summary = {"dataset": trainer.dataset.name, "plugins": list(run.config.plugins), "seed": trainer.train.seed, **trainer.evaluate()}
+            wall = time.perf_counter() - started
+            samples = trainer.sample(trainer.eval_samples, trainer.evaluation_generator())  # those the final evaluation scored
+        samples = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
+        if samples.dim() == 4:  # images: the first samples, as images, for a grid
+            view = samples[:PICTURE_IMAGES].detach().float().cpu().numpy()
+        else:
+            view = picture_view(samples.reshape(len(samples), -1), trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
+        atomic_write(task.samples, lambda handle: np.save(handle, view))
+        record = {**base, "status": "ok", "settings": run.config.to_toml_dict(), "metrics": summary,
+                  "history": trainer.history, "wall_seconds": round(wall, 3)}
+        if diverged:
+            record["diverged"] = diverged
+    except Exception as exc:  # a broken plugin must not stop the other runs
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        record = {**base, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:500],
+                  "wall_seconds": round(time.perf_counter() - started, 3)}
+    write_text(task.record, dump_json(record))
+    return record
+
+
+def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[dict], bool]:
+    """Run tasks (longest estimate first) with a progress bar over finished runs; return (records, interrupted)."""
+    tasks = sorted(tasks, key=lambda task: -(task.estimate or 0.0))
+    records: list[dict] = []
+    bar = tqdm(total=len(tasks), desc="runs", unit="run", dynamic_ncols=True)
+
+    def finished(record: dict) -> None:
+        records.append(record)
+        bar.update(1)
+        if record["status"] == "ok":
+            metrics = record["metrics"]
+            quality = (f"HQ {metrics['hq_percent']:.1f}%" if "hq_percent" in metrics
+                       else f"KL {metrics['reverse_kl']:.3f}" if metrics.get("reverse_kl") is not None else "KL n/a")
+            bar.set_postfix_str(
+                f"last: {record['dataset']} {record['remedy']} s{record['seed']} "
+                f"{metrics.get('modes_captured', '?')}/{metrics.get('n_modes', '?')} modes "
+                f"{quality} {record['wall_seconds']:.0f}s"
+            )
+        else:
+            bar.write(f"failed: {record['dataset']} {record['remedy']} seed {record['seed']}: {record['error']}")
+
+    try:
+        with bar:
+            if workers == 1:
+                torch.set_num_threads(1)
+                for task in tasks:
+                    finished(execute(task, catalog))
+            else:
+                context = multiprocessing.get_context("spawn")
+                pool = context.Pool(workers, initializer=_init_worker)
+                try:
+                    for record in pool.imap_unordered(execute, tasks, chunksize=1):
+                        finished(record)
+                    pool.close()
+                except BaseException:
+                    pool.terminate()
+                    raise
+                finally:
+                    pool.join()
+    except KeyboardInterrupt:
+        return records, True
+    return records, False
