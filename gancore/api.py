@@ -23,6 +23,7 @@ from gancore.data import Dataset, dataset_from, load_dataset
 from gancore.errors import GancoreError, Interrupted
 from gancore.manager import INLINE_PACKAGE, Catalog, Run, plugin_fault
 from gancore.models import adopt_discriminator, adopt_generator
+from gancore.recipes import RecipeBook, chosen_recipe, settings_layers
 from gancore.rundir import RunDirectory, given_to_fit, resume_run
 from gancore.trainer import Trainer, TrainingInterrupted, resolve_device
 
@@ -69,6 +70,7 @@ def fit(
     radius: float | None = None,
     scorer: Callable[[torch.Tensor], dict] | None = None,
     config: str | Path | None = None,
+    recipe: str | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> Result:
@@ -96,17 +98,21 @@ def fit(
         distance), for the mode metrics; or ``scorer``: a function from samples to a dict of metrics.
     :param config: a TOML file as ``--config`` takes (``[train]``, ``[plugins.NAME]``; a run's
         ``config.toml`` repeats it): its plugins come first, and ``plugins`` and ``settings`` override it.
+    :param recipe: start from an installed recipe (``gancore recipes`` lists them), as
+        ``--recipe`` does: ``config``, then ``plugins`` and ``settings`` override it.
     :param progress: show a progress bar.
     :param settings: the core settings, by the names of ``gancore train`` (``steps``,
         ``batch_size``, ``seed``, ``lr_d``, ... : the README's table of ``train.*``).
     """
     catalog = Catalog.installed()
     names, values, objects = _plugin_choices(catalog, plugins)
-    if config is not None:
-        from_file = read_toml(config)
-        settings = {**from_file.get(CORE, {}), **settings}
-        names = [*from_file.get("plugins", {}), *names]
-        values = {name: {**from_file.get("plugins", {}).get(name, {}), **values.get(name, {})} for name in names}
+    if config is not None or recipe is not None:
+        from_file = read_toml(config) if config is not None else {}
+        recipe = chosen_recipe(recipe, from_file)
+        enabled, layered = settings_layers(RecipeBook.installed().get(recipe) if recipe else None, catalog, from_file)
+        settings = {**layered.pop(CORE), **settings}
+        names = [*enabled, *names]
+        values = {name: {**layered.get(name, {}), **values.get(name, {})} for name in names}
     if isinstance(data, (str, Path)):
         settings = {**settings, "data": str(data)}
         data = None
@@ -140,6 +146,7 @@ def fit(
         trainer = _resumed(Path(run_dir), catalog, names, values, given, build, progress)
     else:
         run = catalog.resolve(names, values)
+        run.config.recipe = recipe
         with run.reporting_plugin_faults():
             trainer = build(run)  # data and models first: bad input fails before any file is written
         if run_dir is not None:

@@ -237,3 +237,16 @@ def test_a_config_file_repeats_a_command_line_run(tmp_path, capsys):
     overridden = gancore.fit(config=tmp_path / "cli" / "config.toml", plugins=[("instance-noise", {"std": 0.1}), "ema"], steps=10, progress=False)
     assert overridden.trainer.config.plugins["instance-noise"].std == 0.1 and overridden.summary["plugins"] == ["instance-noise", "ema"]
     assert overridden.summary["step"] == 10
+
+
+def test_a_recipe_trains_as_the_command_line_recipe_and_is_recorded(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--recipe", "ring8-best", *FLAGS, "--out", str(tmp_path), "--name", "cli")
+    assert code == 0, err
+    result = gancore.fit(recipe="ring8-best", run_dir=tmp_path / "api", progress=False, **SETTINGS)
+    assert (tmp_path / "api" / "config.toml").read_text() == (tmp_path / "cli" / "config.toml").read_text()
+    assert result.trainer.config.train.g_depth == 4 and result.trainer.config.train.g_width == 16  # the recipe's, then ours
+    assert result.summary["plugins"] == ["pacgan"]
+    assert json.loads((tmp_path / "api" / "run.json").read_text())["recipe"] == "ring8-best"
+    assert_same_models(state_of(result), final_state(tmp_path / "cli")["models"])
+    with pytest.raises(GancoreError, match="no-such-recipe"):
+        gancore.fit(recipe="no-such-recipe", progress=False, **SETTINGS)
