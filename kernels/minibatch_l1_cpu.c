@@ -1,0 +1,103 @@
+/* minibatch_l1 on CPU, forward and first-order backward, fused (see minibatch_l1.py for the math
+ * and _cpu.py for how this file is compiled and called).
+ *
+ * Layout: x is (B, C, N) contiguous, so that for one (b, c) the N values are one vector over j.
+ * Each pair (i, j > i) is visited once: K is symmetric and sign(d) antisymmetric, so one K_ij
+ * serves row i and row j. Per row i the work is a few passes over arrays of length N - i - 1
+ * (distances, then K, then one pass per channel), each a plain loop the compiler vectorizes;
+ * the only scratch is two such arrays per call, nothing of size N^2.
+ *
+ * A call handles the kernels b0 <= b < b1, so the caller can split B across threads.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(MINIBATCH_L1_LIBMVEC)
+/* glibc's libmvec has vector variants of exp/expf; math.h announces them only under -ffast-math,
+ * whose -shared link would also switch the whole process to flush-to-zero. Announce them here. */
+__attribute__((simd("notinbranch"))) float expf(float);
+__attribute__((simd("notinbranch"))) double exp(double);
+#endif
+
+#define DEFINE_MINIBATCH_L1(T, SUFFIX, EXP, FABS)                                                 \
+                                                                                                  \
+    /* dist[j] = sum_c |x[c, i] - x[c, j]| and K, for j in (i, N). */                             \
+    static void pair_row_##SUFFIX(const T *x, long N, long C, long i, T *dist, T *k)              \
+    {                                                                                             \
+        long n = N - i - 1;                                                                       \
+        const T *row = x + i + 1;                                                                 \
+        for (long j = 0; j < n; j++) dist[j] = 0;                                                 \
+        for (long c = 0; c < C; c++) {                                                            \
+            const T xi = x[c * N + i];                                                            \
+            const T *xc = row + c * N;                                                            \
+            for (long j = 0; j < n; j++) dist[j] += FABS(xi - xc[j]);                             \
+        }                                                                                         \
+        for (long j = 0; j < n; j++) k[j] = EXP(-dist[j]);                                        \
+    }                                                                                             \
+                                                                                                  \
+    /* o: (B, N). */                                                                              \
+    int minibatch_l1_fwd_##SUFFIX(const T *x, T *o, long B, long N, long C, int exclude_self,     \
+                                  long b0, long b1)                                               \
+    {                                                                                             \
+        T *dist = malloc(2 * (size_t)(N > 0 ? N : 1) * sizeof(T));                                \
+        if (!dist) return 1;                                                                      \
+        T *k = dist + N;                                                                          \
+        for (long b = b0; b < b1; b++) {                                                          \
+            const T *xb = x + b * C * N;                                                          \
+            T *ob = o + b * N;                                                                    \
+            for (long i = 0; i < N; i++) ob[i] = exclude_self ? 0 : 1; /* K_ii = exp(0) */         \
+            for (long i = 0; i < N; i++) {                                                        \
+                long n = N - i - 1;                                                               \
+                pair_row_##SUFFIX(xb, N, C, i, dist, k);                                          \
+                T *oj = ob + i + 1;                                                               \
+                T acc = 0;                                                                        \
+                for (long j = 0; j < n; j++) {                                                    \
+                    acc += k[j];                                                                  \
+                    oj[j] += k[j];                                                                \
+                }                                                                                 \
+                ob[i] += acc;                                                                     \
+            }                                                                                     \
+        }                                                                                         \
+        free(dist);                                                                               \
+        return 0;                                                                                 \
+    }                                                                                             \
+                                                                                                  \
+    /* g: (B, N) upstream gradient on o; dx: (B, C, N), overwritten with                          \
+       dx[b, c, i] = -sum_j (g_i + g_j) K_ij sign(x_i - x_j). The diagonal has sign 0. */         \
+    int minibatch_l1_bwd_##SUFFIX(const T *x, const T *g, T *dx, long B, long N, long C,         \
+                                  long b0, long b1)                                               \
+    {                                                                                             \
+        T *dist = malloc(2 * (size_t)(N > 0 ? N : 1) * sizeof(T));                                \
+        if (!dist) return 1;                                                                      \
+        T *w = dist + N;                                                                          \
+        for (long b = b0; b < b1; b++) {                                                          \
+            const T *xb = x + b * C * N;                                                          \
+            const T *gb = g + b * N;                                                              \
+            T *dxb = dx + b * C * N;                                                              \
+            for (long e = 0; e < C * N; e++) dxb[e] = 0;                                          \
+            for (long i = 0; i < N; i++) {                                                        \
+                long n = N - i - 1;                                                               \
+                pair_row_##SUFFIX(xb, N, C, i, dist, w);                                          \
+                const T gi = gb[i];                                                               \
+                const T *gj = gb + i + 1;                                                         \
+                for (long j = 0; j < n; j++) w[j] *= gi + gj[j];                                  \
+                for (long c = 0; c < C; c++) {                                                    \
+                    const T xi = xb[c * N + i];                                                   \
+                    const T *xc = xb + c * N + i + 1;                                             \
+                    T *dxc = dxb + c * N + i + 1;                                                 \
+                    T acc = 0;                                                                    \
+                    for (long j = 0; j < n; j++) {                                                \
+                        T t = w[j] * (T)((xi > xc[j]) - (xi < xc[j]));                            \
+                        acc += t;                                                                 \
+                        dxc[j] += t; /* sign(x_j - x_i) = -sign(x_i - x_j) */                     \
+                    }                                                                             \
+                    dxb[c * N + i] -= acc;                                                        \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        free(dist);                                                                               \
+        return 0;                                                                                 \
+    }
+
+DEFINE_MINIBATCH_L1(float, f32, expf, fabsf)
+DEFINE_MINIBATCH_L1(double, f64, exp, fabs)
