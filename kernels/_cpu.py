@@ -49,9 +49,13 @@ _FLAG_SETS = (
     [*_COMMON, "-lm"],
 )
 _ARGS = {
-    "fwd": (ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_long] * 3, ctypes.c_int, *[ctypes.c_long] * 2),
-    "bwd": (*[ctypes.c_void_p] * 3, *[ctypes.c_long] * 5),
+    "fwd": (*[ctypes.c_void_p] * 3, *[ctypes.c_long] * 3, ctypes.c_int, *[ctypes.c_long] * 2),
+    "bwd": (*[ctypes.c_void_p] * 4, *[ctypes.c_long] * 5),
 }
+# The forward keeps K (its upper triangle) for the backward when that takes at most this many
+# elements (16 MB in fp32, the reference's chunk); beyond, the backward recomputes K: memory
+# stays O(N B C + this) at any N.
+KEEP_ELEMENTS = 1 << 22
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -128,10 +132,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _run(name: str, *tensors: torch.Tensor, B: int, N: int, C: int, extra: tuple = ()) -> None:
-    """Call ``minibatch_l1_{name}`` on contiguous CPU tensors, the B kernels split across
-    torch.get_num_threads() threads."""
+    """Call ``minibatch_l1_{name}`` on contiguous CPU tensors (an empty one is passed as NULL),
+    the B kernels split across torch.get_num_threads() threads."""
     fn = getattr(library(), f"minibatch_l1_{name}_{_SUFFIX[tensors[0].dtype]}")
-    pointers = [t.data_ptr() for t in tensors]
+    pointers = [t.data_ptr() if t.numel() else None for t in tensors]
     call = lambda b0, b1: fn(*pointers, B, N, C, *extra, b0, b1)
     workers = min(B, torch.get_num_threads())
     if workers <= 1:
@@ -149,20 +153,23 @@ def _by_channel(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 0).contiguous()
 
 
-def forward(M: torch.Tensor, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """o (N, B), and nothing kept: the backward recomputes K."""
+def forward(M: torch.Tensor, exclude_self: bool, keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """o (N, B), and with ``keep`` (a backward will follow) K's upper triangle for it, unless
+    that is over KEEP_ELEMENTS (then an empty tensor: the backward recomputes K)."""
     N, B, C = M.shape
     x = _by_channel(M)
     o = x.new_empty(B, N)
-    _run("fwd", x, o, B=B, N=N, C=C, extra=(int(exclude_self),))
-    return o.t().contiguous().to(M.dtype), M.new_empty(0)
+    pairs = B * (N * (N - 1) // 2)
+    kept = x.new_empty(pairs if keep and pairs <= KEEP_ELEMENTS else 0)
+    _run("fwd", x, o, kept, B=B, N=N, C=C, extra=(int(exclude_self),))
+    return o.t().contiguous().to(M.dtype), kept
 
 
-def backward(g: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+def backward(g: torch.Tensor, M: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """dM (N, B, C) for the upstream gradient g (N, B); self pairs have sign 0 either way."""
     N, B, C = M.shape
     x = _by_channel(M)
     gb = g.to(x.dtype).t().contiguous()
     dx = torch.empty_like(x)
-    _run("bwd", x, gb, dx, B=B, N=N, C=C)
+    _run("bwd", x, gb, kept, dx, B=B, N=N, C=C)
     return dx.permute(2, 0, 1).contiguous().to(M.dtype)

@@ -313,11 +313,16 @@ class _Impl(NamedTuple):
 
 
 _TRITON = _Impl(_fwd_triton, _bwd_triton, _bwd2_triton)
-_CPU = _Impl(
-    _cpu.forward,
-    lambda g, M, ex, kept: _cpu.backward(g, M),
-    lambda V, g, M, ex: _bwd2_torch(V, g, M, ex, None),
-)
+
+
+def _cpu_impl(keep: bool) -> _Impl:
+    """The C kernels for forward and first order (``keep``: the forward stores K for the
+    backward); the second order is the reference's."""
+    return _Impl(
+        lambda M, ex: _cpu.forward(M, ex, keep),
+        lambda g, M, ex, kept: _cpu.backward(g, M, kept),
+        lambda V, g, M, ex: _bwd2_torch(V, g, M, ex, None),
+    )
 
 
 def _torch_impl(chunk: int | None) -> _Impl:
@@ -405,6 +410,10 @@ def _check(M, exclude_self: bool) -> None:
 MBD_BACKENDS = (*BACKENDS, "cpu")
 
 
+def _will_differentiate(M: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and M.requires_grad
+
+
 def _select(backend: str, M: torch.Tensor) -> _Impl:
     if backend not in MBD_BACKENDS:
         raise ValueError(f"backend must be one of {MBD_BACKENDS}, got {backend!r}")
@@ -413,11 +422,11 @@ def _select(backend: str, M: torch.Tensor) -> _Impl:
             raise ValueError(f"backend='cpu' needs a CPU tensor, got one on {M.device}")
         if _cpu.library() is None:
             raise RuntimeError("backend='cpu': the fused CPU kernels could not be compiled (see the warning); use backend='torch'")
-        return _CPU
+        return _cpu_impl(_will_differentiate(M))
     if use_triton(backend, _mbd_fwd_kernel, M):
         return _TRITON
     if backend == "auto" and M.device.type == "cpu" and _cpu.library() is not None:
-        return _CPU
+        return _cpu_impl(_will_differentiate(M))
     return _torch_impl(None)
 
 

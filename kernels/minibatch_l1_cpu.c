@@ -5,7 +5,9 @@
  * Each pair (i, j > i) is visited once: K is symmetric and sign(d) antisymmetric, so one K_ij
  * serves row i and row j. Per row i the work is a few passes over arrays of length N - i - 1
  * (distances, then K, then one pass per channel), each a plain loop the compiler vectorizes;
- * the only scratch is two such arrays per call, nothing of size N^2.
+ * the only scratch is two such arrays per call. The forward may also store K's upper triangle
+ * (B x N(N-1)/2 values, row i of kernel b at b*P + i*N - i*(i+1)/2) for the backward to reuse;
+ * given NULL instead, the backward recomputes K.
  *
  * A call handles the kernels b0 <= b < b1, so the caller can split B across threads.
  */
@@ -36,18 +38,19 @@ __attribute__((simd("notinbranch"))) double exp(double);
     }                                                                                             \
                                                                                                   \
     /* o: (B, N). */                                                                              \
-    int minibatch_l1_fwd_##SUFFIX(const T *x, T *o, long B, long N, long C, int exclude_self,     \
-                                  long b0, long b1)                                               \
+    int minibatch_l1_fwd_##SUFFIX(const T *x, T *o, T *kept, long B, long N, long C,             \
+                                  int exclude_self, long b0, long b1)                             \
     {                                                                                             \
         T *dist = malloc(2 * (size_t)(N > 0 ? N : 1) * sizeof(T));                                \
         if (!dist) return 1;                                                                      \
-        T *k = dist + N;                                                                          \
+        const long P = N * (N - 1) / 2;                                                           \
         for (long b = b0; b < b1; b++) {                                                          \
             const T *xb = x + b * C * N;                                                          \
             T *ob = o + b * N;                                                                    \
             for (long i = 0; i < N; i++) ob[i] = exclude_self ? 0 : 1; /* K_ii = exp(0) */         \
             for (long i = 0; i < N; i++) {                                                        \
                 long n = N - i - 1;                                                               \
+                T *k = kept ? kept + b * P + i * N - i * (i + 1) / 2 : dist + N;                  \
                 pair_row_##SUFFIX(xb, N, C, i, dist, k);                                          \
                 T *oj = ob + i + 1;                                                               \
                 T acc = 0;                                                                        \
@@ -62,14 +65,15 @@ __attribute__((simd("notinbranch"))) double exp(double);
         return 0;                                                                                 \
     }                                                                                             \
                                                                                                   \
-    /* g: (B, N) upstream gradient on o; dx: (B, C, N), overwritten with                          \
+    /* g: (B, N) upstream gradient on o; kept: the forward's K or NULL; dx: (B, C, N), set to                          \
        dx[b, c, i] = -sum_j (g_i + g_j) K_ij sign(x_i - x_j). The diagonal has sign 0. */         \
-    int minibatch_l1_bwd_##SUFFIX(const T *x, const T *g, T *dx, long B, long N, long C,         \
-                                  long b0, long b1)                                               \
+    int minibatch_l1_bwd_##SUFFIX(const T *x, const T *g, const T *kept, T *dx, long B, long N,  \
+                                  long C, long b0, long b1)                                       \
     {                                                                                             \
         T *dist = malloc(2 * (size_t)(N > 0 ? N : 1) * sizeof(T));                                \
         if (!dist) return 1;                                                                      \
         T *w = dist + N;                                                                          \
+        const long P = N * (N - 1) / 2;                                                           \
         for (long b = b0; b < b1; b++) {                                                          \
             const T *xb = x + b * C * N;                                                          \
             const T *gb = g + b * N;                                                              \
@@ -77,7 +81,12 @@ __attribute__((simd("notinbranch"))) double exp(double);
             for (long e = 0; e < C * N; e++) dxb[e] = 0;                                          \
             for (long i = 0; i < N; i++) {                                                        \
                 long n = N - i - 1;                                                               \
-                pair_row_##SUFFIX(xb, N, C, i, dist, w);                                          \
+                if (kept) {                                                                       \
+                    const T *k = kept + b * P + i * N - i * (i + 1) / 2;                          \
+                    for (long j = 0; j < n; j++) w[j] = k[j];                                     \
+                } else {                                                                          \
+                    pair_row_##SUFFIX(xb, N, C, i, dist, w);                                      \
+                }                                                                                 \
                 const T gi = gb[i];                                                               \
                 const T *gj = gb + i + 1;                                                         \
                 for (long j = 0; j < n; j++) w[j] *= gi + gj[j];                                  \

@@ -185,6 +185,21 @@ def test_backend_dispatch(monkeypatch):
     torch.testing.assert_close(got, minibatch_l1_reference(M.cpu()), rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no C compiler")
+@pytest.mark.parametrize("keep_elements", [0, 10**9], ids=["recomputed", "kept"])
+def test_cpu_backward_with_k_kept_or_recomputed(monkeypatch, keep_elements):
+    # The forward keeps K for the backward only up to _cpu.KEEP_ELEMENTS; both ways are exact.
+    monkeypatch.setattr(_cpu, "KEEP_ELEMENTS", keep_elements)
+    M, g, V = inputs(23, 3, 4, torch.float64, seed=11)
+    M = M.cpu().requires_grad_(True)
+    o = minibatch_l1(M, backend="cpu")
+    assert o.grad_fn is not None
+    kept = o.grad_fn.saved_tensors[1]
+    assert kept.numel() == (3 * 23 * 22 // 2 if keep_elements else 0)
+    got = run(lambda M: minibatch_l1(M, backend="cpu"), M, g.cpu(), V.cpu())
+    assert_all_close(got, run(naive, M, g.cpu(), V.cpu()), rtol=1e-10, atol=1e-10)
+
+
 def test_without_a_compiler_falls_back_to_the_reference(monkeypatch, tmp_path):
     # What `pip install gancore` gets on a machine without cc: the same numbers, one warning.
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
