@@ -19,13 +19,15 @@ Method: every provider of one (mode, size) runs once untimed (warm-up, compilati
 ``rounds`` times, the providers interleaved and their order rotated each round, so that drift
 of a shared machine cannot favour one. Reported: median, interquartile range, peak memory of
 one extra untimed call (CUDA: ``torch.cuda.max_memory_allocated`` over the allocation before
-it; CPU on Linux: the peak resident set over the resident set before it, the high-water mark
-reset through ``/proc/self/clear_refs``; it includes code pages an op touches for the first
-time), model FLOP/s (mbd, formulas in :func:`_mbd_flops`) or bytes/s (gp), and the ratio
+it; CPU on Linux: the growth of the peak resident set over the resident set before it, the
+high-water mark reset through ``/proc/self/clear_refs``, with glibc told to serve every block
+over 64 KiB by mmap so that freed tensors leave the resident set and cannot hide the next call's
+temporaries; it includes code pages an op touches for the first time), model FLOP/s (mbd, formulas in :func:`_mbd_flops`) or bytes/s (gp), and the ratio
 ``reference median / median``.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -217,6 +219,15 @@ def _status_mib(field_name: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(field_name)) / 1024
 
 
+def _return_large_blocks_to_the_os() -> None:
+    """glibc raises its mmap threshold (up to 32 MiB) after large frees, then keeps such blocks
+    in the heap: the resident set would no longer show a call's temporaries. Fix it at 64 KiB."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: the figure may read low
+
+
 def peak_mib(step: Callable, device: str) -> float | None:
     """Peak memory of one call over what was in use before it (see the module docstring)."""
     if device == "cuda":
@@ -233,7 +244,7 @@ def peak_mib(step: Callable, device: str) -> float | None:
     except OSError:
         return None  # not Linux: no resettable high-water mark
     step()
-    return _status_mib("VmHWM") - before
+    return max(0.0, _status_mib("VmHWM") - before)
 
 
 def _quartiles(times: list[float]) -> tuple[float, float, float]:
@@ -248,6 +259,8 @@ def run(op: str, sizes: list[str], device: str, modes: list[str], providers: lis
     """Every (mode, size, provider), interleaved per (mode, size). ``progress(n)`` is called
     after each timed or warm-up call."""
     results = []
+    if device == "cpu":
+        _return_large_blocks_to_the_os()
     for size in sizes:
         dims = parse_size(op, size)
         for mode in modes:

@@ -5,6 +5,9 @@ command takes unchanged on a CUDA machine."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -128,3 +131,18 @@ def test_cuda_without_a_gpu_and_a_foreign_baseline(capsys, tmp_path, monkeypatch
     other.write_text('{"results": []}')
     code, _, err = run_cli(capsys, "bench", "mbd", "--compare", str(other))
     assert code == 2 and "not a gancore bench result" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_cpu_peak_memory_sees_every_call_temporaries():
+    # 16 MiB allocated, touched and freed per call: every call must read 16 MiB, though glibc
+    # would keep such a block in its heap after the first frees (a fresh process: this one's
+    # allocator has a history).
+    script = (
+        "import torch\n"
+        "from gancore.kernels import bench\n"
+        "bench._return_large_blocks_to_the_os()\n"
+        "print([bench.peak_mib(lambda: torch.ones(2**22), 'cpu') for _ in range(4)])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == pytest.approx([16] * 4, abs=2)
