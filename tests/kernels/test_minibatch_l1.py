@@ -200,6 +200,26 @@ def test_cpu_backward_with_k_kept_or_recomputed(monkeypatch, keep_elements):
     assert_all_close(got, run(naive, M, g.cpu(), V.cpu()), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no C compiler")
+def test_cpu_threads_split_the_kernels_bit_identically():
+    # B is split across torch.get_num_threads() threads; each b is summed by one thread in one
+    # order, so the result does not depend on the thread count.
+    M, g, _ = inputs(19, 5, 3, torch.float32, seed=12)
+    M, g = M.cpu().requires_grad_(True), g.cpu()
+    results = []
+    threads = torch.get_num_threads()
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        try:
+            o = minibatch_l1(M, backend="cpu")
+            results.append((o, *torch.autograd.grad(o, M, g)))
+        finally:
+            torch.set_num_threads(threads)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            assert torch.equal(a, b)
+
+
 def test_without_a_compiler_falls_back_to_the_reference(monkeypatch, tmp_path):
     # What `pip install gancore` gets on a machine without cc: the same numbers, one warning.
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
