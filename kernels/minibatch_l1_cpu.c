@@ -65,47 +65,62 @@ __attribute__((simd("notinbranch"))) double exp(double);
         return 0;                                                                                 \
     }                                                                                             \
                                                                                                   \
-    /* g: (B, N) upstream gradient on o; kept: the forward's K or NULL; dx: (B, C, N), set to                          \
-       dx[b, c, i] = -sum_j (g_i + g_j) K_ij sign(x_i - x_j). The diagonal has sign 0. */         \
-    int minibatch_l1_bwd_##SUFFIX(const T *x, const T *g, const T *kept, T *dx, long B, long N,  \
-                                  long C, long b0, long b1)                                       \
-    {                                                                                             \
-        T *dist = malloc(2 * (size_t)(N > 0 ? N : 1) * sizeof(T));                                \
-        if (!dist) return 1;                                                                      \
-        T *w = dist + N;                                                                          \
-        const long P = N * (N - 1) / 2;                                                           \
-        for (long b = b0; b < b1; b++) {                                                          \
-            const T *xb = x + b * C * N;                                                          \
-            const T *gb = g + b * N;                                                              \
-            T *dxb = dx + b * C * N;                                                              \
-            for (long e = 0; e < C * N; e++) dxb[e] = 0;                                          \
-            for (long i = 0; i < N; i++) {                                                        \
-                long n = N - i - 1;                                                               \
-                if (kept) {                                                                       \
-                    const T *k = kept + b * P + i * N - i * (i + 1) / 2;                          \
-                    for (long j = 0; j < n; j++) w[j] = k[j];                                     \
-                } else {                                                                          \
-                    pair_row_##SUFFIX(xb, N, C, i, dist, w);                                      \
-                }                                                                                 \
-                const T gi = gb[i];                                                               \
-                const T *gj = gb + i + 1;                                                         \
-                for (long j = 0; j < n; j++) w[j] *= gi + gj[j];                                  \
-                for (long c = 0; c < C; c++) {                                                    \
-                    const T xi = xb[c * N + i];                                                   \
-                    const T *xc = xb + c * N + i + 1;                                             \
-                    T *dxc = dxb + c * N + i + 1;                                                 \
-                    T acc = 0;                                                                    \
-                    for (long j = 0; j < n; j++) {                                                \
-                        T t = w[j] * (T)((xi > xc[j]) - (xi < xc[j]));                            \
-                        acc += t;                                                                 \
-                        dxc[j] += t; /* sign(x_j - x_i) = -sign(x_i - x_j) */                     \
-                    }                                                                             \
-                    dxb[c * N + i] -= acc;                                                        \
-                }                                                                                 \
-            }                                                                                     \
-        }                                                                                         \
-        free(dist);                                                                               \
-        return 0;                                                                                 \
+    /* w[j] = (g_i + g_j) K_ij for j in (i, N), K from the forward's triangle kb or recomputed. */\
+    static void weights_##SUFFIX(const T *xb, const T *gb, const T *kb, long N, long C, long i,\
+                                 T *dist, T *w)                                               \
+    {                                                                                         \
+        long n = N - i - 1;                                                                   \
+        if (kb) {                                                                             \
+            const T *k = kb + i * N - i * (i + 1) / 2;                                        \
+            for (long j = 0; j < n; j++) w[j] = k[j];                                         \
+        } else {                                                                              \
+            pair_row_##SUFFIX(xb, N, C, i, dist, w);                                          \
+        }                                                                                     \
+        const T gi = gb[i];                                                                   \
+        const T *gj = gb + i + 1;                                                             \
+        for (long j = 0; j < n; j++) w[j] *= gi + gj[j];                                      \
+    }                                                                                         \
+                                                                                              \
+    /* g: (B, N) upstream gradient on o; kept: the forward's K or NULL; dx: (B, C, N), set to \
+       dx[b, c, i] = -sum_j (g_i + g_j) K_ij sign(x_i - x_j). The diagonal has sign 0. Rows go\
+       two at a time: each x[c, j] loaded and each dx[c, j] updated once for both. */         \
+    int minibatch_l1_bwd_##SUFFIX(const T *x, const T *g, const T *kept, T *dx, long B, long N,\
+                                  long C, long b0, long b1)                                   \
+    {                                                                                         \
+        T *dist = malloc(3 * (size_t)(N > 0 ? N : 1) * sizeof(T));                            \
+        if (!dist) return 1;                                                                  \
+        T *w0 = dist + N, *w1 = dist + 2 * N;                                                 \
+        const long P = N * (N - 1) / 2;                                                       \
+        for (long b = b0; b < b1; b++) {                                                      \
+            const T *xb = x + b * C * N;                                                      \
+            const T *gb = g + b * N;                                                          \
+            const T *kb = kept ? kept + b * P : NULL;                                         \
+            T *dxb = dx + b * C * N;                                                          \
+            for (long e = 0; e < C * N; e++) dxb[e] = 0;                                      \
+            for (long i = 0; i + 1 < N; i += 2) { /* the last row's pairs all came before */  \
+                weights_##SUFFIX(xb, gb, kb, N, C, i, dist, w0);     /* j = i+1 ... */        \
+                weights_##SUFFIX(xb, gb, kb, N, C, i + 1, dist, w1); /* j = i+2 ... */        \
+                const long n = N - i - 2;                                                     \
+                for (long c = 0; c < C; c++) {                                                \
+                    const T x0 = xb[c * N + i], x1 = xb[c * N + i + 1];                       \
+                    const T *xc = xb + c * N + i + 2;                                         \
+                    T *dxc = dxb + c * N + i + 2;                                             \
+                    const T t01 = w0[0] * (T)((x0 > x1) - (x0 < x1));                         \
+                    T acc0 = t01, acc1 = -t01;                                                \
+                    for (long j = 0; j < n; j++) {                                            \
+                        const T t0 = w0[j + 1] * (T)((x0 > xc[j]) - (x0 < xc[j]));            \
+                        const T t1 = w1[j] * (T)((x1 > xc[j]) - (x1 < xc[j]));                \
+                        acc0 += t0;                                                           \
+                        acc1 += t1;                                                           \
+                        dxc[j] += t0 + t1; /* sign(x_j - x_i) = -sign(x_i - x_j) */           \
+                    }                                                                         \
+                    dxb[c * N + i] -= acc0;                                                   \
+                    dxb[c * N + i + 1] -= acc1;                                               \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        free(dist);                                                                           \
+        return 0;                                                                             \
     }
 
 DEFINE_MINIBATCH_L1(float, f32, expf, fabsf)
