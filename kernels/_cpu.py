@@ -69,9 +69,12 @@ def cache_dir() -> Path:
 
 
 def _cpu_model() -> str:
+    """The CPU's model and instruction-set flags: a home directory shared by machines with
+    different CPUs must not hand one a library built with -march=native for another."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("model name", "flags"))), "")
+            lines = [line for line in f if line.startswith(("model name", "flags"))]
+        return "".join(lines[:2])
     except OSError:
         return platform.processor()
 
