@@ -29,7 +29,8 @@ K_ijb = exp(-sum_c |d_ijbc|), and masked pairs (i == j under exclude_self) dropp
 
 Both orders run as Triton kernels on the Triton path and as chunked torch on the reference
 path. On CPU the forward and first order run as compiled C (``_cpu.py``, ``minibatch_l1_cpu.c``:
-each pair visited once, K recomputed in the backward) and the second order as the reference's.
+each pair visited once; K kept for the backward up to 16 MB, else recomputed) and the second
+order as the reference's.
 Third order is not implemented (asking for it raises).
 """
 from __future__ import annotations

@@ -262,6 +262,8 @@ def test_errors():
     assert minibatch_l1(torch.zeros(1, 3, 2), exclude_self=False).tolist() == [[1.0] * 3]
     with pytest.raises(ValueError, match="backend must be one of .*'cpu'"):
         minibatch_l1(torch.zeros(4, 3, 2), backend="cuda")
+    with pytest.raises(ValueError, match="backend='cpu' needs a CPU tensor, got one on meta"):
+        minibatch_l1(torch.zeros(4, 3, 2, device="meta"), backend="cpu")
     with pytest.raises(ValueError, match="positive"):
         minibatch_l1_reference(torch.zeros(4, 3, 2), chunk=0)
     with pytest.raises(TypeError, match="torch.Tensor"):
