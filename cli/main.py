@@ -162,7 +162,7 @@ def sample(ctx, run_dir, n, out, seed):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the tensors live.")
 @click.option("--sizes", help="Comma-separated sizes: NxBxC for mbd (default 256x16x5,512x16x5,1024x16x5), NxD for gp (default 256x1200,256x3072,64x12288).")
 @click.option("--modes", default="fwd,fwd+bwd,bwd2", show_default=True, help="Comma-separated: fwd, fwd+bwd, bwd2 (double backward).")
-@click.option("--providers", help="Comma-separated subset of cpu, reference, naive, compile, keops, triton.  [default: all]")
+@click.option("--providers", help="Comma-separated subset of cpu, reference, naive, compile, keops, triton, copy (gp: the copy bandwidth).  [default: all]")
 @click.option("--rounds", type=click.IntRange(min=1), default=11, show_default=True, help="Timed calls per case, providers interleaved.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch.set_num_threads for the run.  [default: torch's]")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the results and the machine to this JSON file.")
@@ -189,7 +189,7 @@ def bench(op, device, sizes, modes, providers, rounds, threads, json_file, basel
     for size in size_list:
         kb.parse_size(op, size)
     mode_list = listed("modes", modes, kb.MODES)
-    provider_list = listed("providers", providers, kb.PROVIDERS) if providers else list(kb.PROVIDERS)
+    provider_list = list(kb.PROVIDERS) if providers is None else listed("providers", providers, kb.PROVIDERS)
     baseline = kb.read_baseline(baseline_file) if baseline_file else None
     if threads:
         torch.set_num_threads(threads)

@@ -13,7 +13,8 @@ Providers (those that cannot run here are listed with the reason): ``cpu`` (the 
 kernels, mbd on CPU), ``reference`` (the torch reference), ``naive`` (the textbook formula,
 skipped where its temporaries would not fit in 40% of the memory), ``compile``
 (``torch.compile`` of the naive formula), ``keops`` (a pykeops reduction, when installed) and
-``triton`` (on CUDA, or anywhere under ``TRITON_INTERPRET=1``).
+``triton`` (on CUDA, or anywhere under ``TRITON_INTERPRET=1``); for gp also ``copy``
+(``torch.clone`` of g, fwd only: the memory bandwidth the fused norm is measured against).
 
 Method: every provider of one (mode, size) runs once untimed (warm-up, compilation), then
 ``rounds`` times, the providers interleaved and their order rotated each round, so that drift
@@ -46,7 +47,7 @@ from .minibatch_l1 import minibatch_l1, minibatch_l1_reference
 
 OPS = ("mbd", "gp")
 MODES = ("fwd", "fwd+bwd", "bwd2")
-PROVIDERS = ("cpu", "reference", "naive", "compile", "keops", "triton")
+PROVIDERS = ("cpu", "reference", "naive", "compile", "keops", "triton", "copy")
 DEFAULT_SIZES = {"mbd": ("256x16x5", "512x16x5", "1024x16x5"), "gp": ("256x1200", "256x3072", "64x12288")}
 GP_WEIGHT = 10.0
 NAIVE_MEMORY_SHARE = 0.4
@@ -176,6 +177,10 @@ def _function(op: str, provider: str, dims: tuple[int, ...], mode: str, device: 
             return naive_gp_norm  # the reference is the plain formula: plain autograd
         if provider == "compile":
             return _compiled(naive_gp_norm)
+        if provider == "copy":
+            if mode != "fwd":
+                raise Skip("a bandwidth yardstick: fwd only")
+            return torch.clone
     raise Skip(f"no {provider} version of {op}")
 
 
@@ -186,6 +191,8 @@ def make_step(op: str, provider: str, mode: str, dims: tuple[int, ...], device: 
     x = torch.randn(dims, generator=gen, device=device, requires_grad=mode != "fwd")
     if op == "mbd":
         work = _mbd_flops(dims, mode)
+    elif provider == "copy":  # g read and written once
+        work = 2 * x.numel() * x.element_size()
     else:  # g read (fwd); read twice and dg written (fwd+bwd); about twice that for bwd2
         work = x.numel() * x.element_size() * {"fwd": 1, "fwd+bwd": 3, "bwd2": 6}[mode]
     if mode == "fwd":

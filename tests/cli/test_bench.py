@@ -67,13 +67,15 @@ def test_naive_is_skipped_with_the_reason_when_it_would_not_fit(capsys, monkeypa
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_gp(capsys):
-    code, out, err = run_cli(capsys, "bench", "gp", *TINY, "--sizes", "8x5", "--modes", "fwd+bwd",
-                             "--providers", "reference,triton,cpu")
+    code, out, err = run_cli(capsys, "bench", "gp", *TINY, "--sizes", "8x5", "--modes", "fwd,fwd+bwd",
+                             "--providers", "reference,triton,cpu,copy")
     assert code == 0, err
     table = rows(out)
     assert table["8x5", "fwd+bwd", "reference"].endswith("1.00x")
     assert table["8x5", "fwd+bwd", "triton"].endswith("x")
     assert table["8x5", "fwd+bwd", "cpu"] == "skipped: no cpu version of gp"
+    assert table["8x5", "fwd", "copy"].endswith("x")  # the bandwidth yardstick: 2 x 8 x 5 x 4 bytes
+    assert table["8x5", "fwd+bwd", "copy"] == "skipped: a bandwidth yardstick: fwd only"
 
 
 def _result(median: float, iqr: float) -> kb.Result:
@@ -111,6 +113,7 @@ def test_compare_exits_1_on_a_regression(capsys, tmp_path):
     (["gp", "--sizes", "64xD"], "--sizes '64xD': a gp size is NxD"),
     (["mbd", "--sizes", ","], "give at least one size"),
     (["mbd", "--providers", "cpu,fast"], "--providers 'cpu,fast': choose from cpu, reference"),
+    (["gp", "--providers", ""], "--providers '': choose from"),
     (["mbd", "--modes", "bwd"], "--modes 'bwd': choose from fwd, fwd+bwd, bwd2"),
     (["mbd", "--device", "tpu"], "Invalid value for '--device'"),
     (["mbd", "--compare", "missing.json"], "--compare missing.json: No such file"),
