@@ -1,4 +1,6 @@
-"""Benchmarks of gancore.kernels: Triton kernel vs torch reference vs naive formulation.
+"""Benchmarks of gancore.kernels: Triton kernel, C kernel (CPU), torch reference, naive formulation.
+
+The mbd and gp_norm cases are those of `gancore bench` (gancore.kernels.bench.make_step).
 
     pytest benchmarks/bench_kernels.py --benchmark-enable [-k mbd] [--benchmark-json out.json]
 
@@ -10,7 +12,6 @@ and figures: KERNELS.md.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -20,33 +21,13 @@ import pytest
 import torch
 from torch import nn
 
-from gancore.kernels import (
-    gradient_penalty,
-    gradient_penalty_reference,
-    minibatch_l1,
-    minibatch_l1_reference,
-)
+from gancore.kernels import bench, gradient_penalty, gradient_penalty_reference
 from gancore.kernels._triton import HAS_TRITON
-
-_gp = importlib.import_module("gancore.kernels.gradient_penalty")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MBD_B, MBD_C = 100, 5
 GP_WEIGHT = 10.0
 _REFERENCE_MEDIAN: dict[str, float] = {}  # group -> seconds, for the speedup column
-
-
-def _naive_minibatch_l1(M):
-    """The textbook formulation: materializes the (N, N, B, C) differences."""
-    return torch.exp(-(M[:, None] - M[None]).abs().sum(-1)).sum(1) - 1  # K_ii = exp(0) = 1
-
-
-def _naive_fits(N: int, mode: str, device: str) -> bool:
-    temporaries = 2 if mode == "fwd" else 6  # live (N, N, B, C) fp32 tensors, roughly
-    need = temporaries * N * N * MBD_B * MBD_C * 4
-    if device == "cuda":
-        return need < 0.5 * torch.cuda.get_device_properties(0).total_memory
-    return need < 0.4 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _critic(name: str, device: str) -> tuple[nn.Module, tuple[int, ...]]:
@@ -69,31 +50,9 @@ def _critic(name: str, device: str) -> tuple[nn.Module, tuple[int, ...]]:
 def make_step(op: str, provider: str, mode: str, size: str, device: str):
     """One benchmark step as a closure, plus its work: (step, flops, bytes, samples)."""
     torch.manual_seed(0)
-    if op == "mbd":
-        N = int(size)
-        fn = {
-            "triton": lambda M: minibatch_l1(M, backend="triton"),
-            "reference": minibatch_l1_reference,
-            "naive": _naive_minibatch_l1,
-        }[provider]
-        M = torch.randn(N, MBD_B, MBD_C, device=device, requires_grad=mode != "fwd")
-        pairs = N * N * MBD_B
-        if mode == "fwd":
-            # Model FLOPs per (i, j, b): C subs, C abs, C adds, one exp, one add.
-            flops = pairs * (3 * MBD_C + 2)
-
-            def step():
-                with torch.no_grad():
-                    fn(M)
-        else:
-            # The backward recomputes K, then 2 flops for w and 3 per channel (sign, mul, add).
-            flops = pairs * (9 * MBD_C + 6)
-
-            def step():
-                M.grad = None
-                fn(M).sum().backward()
+    if op == "mbd":  # the cases of `gancore bench mbd`, at B=100, C=5
+        step, flops = bench.make_step("mbd", provider, mode, (int(size), MBD_B, MBD_C), device)
         return step, flops, None, None
-
     if op == "gp":
         critic, shape = _critic(size, device)
         real, fake = torch.randn(shape, device=device), torch.randn(shape, device=device)
@@ -109,22 +68,9 @@ def make_step(op: str, provider: str, mode: str, size: str, device: str):
                 penalty.backward()
         return step, None, None, shape[0]
 
-    if op == "gp_norm":  # the fused per-sample norm + mean alone, on a given critic gradient g
-        N, D = map(int, size.split("x"))
-        g = torch.randn(N, D, device=device, requires_grad=mode != "fwd")
-        scale = torch.full((), GP_WEIGHT / N, device=device)
-        fn = {
-            "triton": lambda g: _gp._GradPenalty.apply(g, scale),
-            "reference": lambda g: GP_WEIGHT * ((g.norm(dim=1) - 1) ** 2).mean(),
-        }[provider]
-
-        def step():
-            if mode == "fwd":
-                fn(g)
-            else:
-                g.grad = None
-                fn(g).backward()
-        return step, None, g.numel() * 4 * (1 if mode == "fwd" else 3), None  # read g (+ g, dg)
+    if op == "gp_norm":  # the fused norm + mean alone: the cases of `gancore bench gp`
+        step, nbytes = bench.make_step("gp", provider, mode, tuple(map(int, size.split("x"))), device)
+        return step, None, nbytes, None
     raise ValueError(op)
 
 
@@ -191,12 +137,13 @@ MODES = ["fwd", "fwd+bwd"]
 
 @pytest.mark.parametrize("N", [256, 1024, 4096])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", _providers("reference", "naive", "triton"))
+@pytest.mark.parametrize("provider", _providers("reference", "cpu", "naive", "triton"))
 def test_mbd(benchmark, provider, mode, N):
     """minibatch_l1 at (N, B=100, C=5)."""
-    if provider == "naive" and not _naive_fits(N, mode, DEVICE):
-        pytest.skip(f"naive (N, N, B, C) formulation does not fit in memory at N={N}")
-    run_case(benchmark, "mbd", provider, mode, str(N))
+    try:
+        run_case(benchmark, "mbd", provider, mode, str(N))
+    except bench.Skip as why:
+        pytest.skip(str(why))
 
 
 @pytest.mark.parametrize("critic", ["mlp2", "mlp1200", "conv3x32x32"])

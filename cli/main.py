@@ -1,6 +1,7 @@
 """The ``gancore`` command. Thin: parse, call the core, print. Errors are one line, exit 2."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -193,6 +194,59 @@ def sample(ctx, run_dir, n, out, seed):
         samples = trainer.sample(n, torch.Generator(trainer.device).manual_seed(seed)).cpu().numpy()
     atomic_write(destination, lambda handle: np.save(handle, samples))
     click.echo(f"wrote {n} samples of shape {samples.shape[1:]} to {destination}")
+
+
+@cli.command()
+@click.argument("op", type=click.Choice(["mbd", "gp"]))
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the tensors live.")
+@click.option("--sizes", help="Comma-separated sizes: NxBxC for mbd (default 256x16x5,512x16x5,1024x16x5), NxD for gp (default 256x1200,256x3072,64x12288).")
+@click.option("--modes", default="fwd,fwd+bwd,bwd2", show_default=True, help="Comma-separated: fwd, fwd+bwd, bwd2 (double backward).")
+@click.option("--providers", help="Comma-separated subset of cpu, reference, naive, compile, keops, triton, copy (gp: the copy bandwidth).  [default: all]")
+@click.option("--rounds", type=click.IntRange(min=1), default=11, show_default=True, help="Timed calls per case, providers interleaved.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch.set_num_threads for the run.  [default: torch's]")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the results and the machine to this JSON file.")
+@click.option("--compare", "baseline_file", type=click.Path(dir_okay=False), help="A --json file of an earlier run: exit 1 if a case got slower beyond the noise.")
+def bench(op, device, sizes, modes, providers, rounds, threads, json_file, baseline_file):
+    """Time a fused kernel against every provider available here (table on stdout)."""
+    import torch
+
+    from gancore.checkpoint import atomic_write
+    from gancore.kernels import bench as kb
+
+    def listed(option: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in allowed]
+        if unknown or not items:
+            raise GancoreError(f"--{option} {text!r}: choose from {', '.join(allowed)}")
+        return items
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GancoreError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    size_list = list(kb.DEFAULT_SIZES[op]) if sizes is None else [s.strip() for s in sizes.split(",") if s.strip()]
+    if not size_list:
+        raise GancoreError(f"--sizes {sizes!r}: give at least one size")
+    for size in size_list:
+        kb.parse_size(op, size)
+    mode_list = listed("modes", modes, kb.MODES)
+    provider_list = list(kb.PROVIDERS) if providers is None else listed("providers", providers, kb.PROVIDERS)
+    baseline = kb.read_baseline(baseline_file) if baseline_file else None
+    if threads:
+        torch.set_num_threads(threads)
+    total = len(size_list) * len(mode_list) * len(provider_list) * (rounds + 1)
+    with click.progressbar(length=total, label=f"gancore bench {op}", file=sys.stderr) as bar:
+        results = kb.run(op, size_list, device, mode_list, provider_list, rounds, bar.update)
+    click.echo(kb.table(results))
+    if json_file:
+        data = json.dumps(kb.to_json(results, device), indent=1).encode()
+        atomic_write(Path(json_file), lambda handle: handle.write(data))
+        click.echo(f"wrote {json_file}")
+    if baseline is not None:
+        slower = kb.regressions(results, baseline)
+        for line in slower:
+            click.echo(f"regression: {line}")
+        click.echo(f"{len(slower)} regression(s) against {baseline_file}")
+        if slower:
+            sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

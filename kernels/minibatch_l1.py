@@ -28,7 +28,10 @@ K_ijb = exp(-sum_c |d_ijbc|), and masked pairs (i == j under exclude_self) dropp
   (s is piecewise constant, so its derivative is 0 almost everywhere.)
 
 Both orders run as Triton kernels on the Triton path and as chunked torch on the reference
-path. Third order is not implemented (asking for it raises).
+path. On CPU the forward and first order run as compiled C (``_cpu.py``, ``minibatch_l1_cpu.c``:
+each pair visited once; K kept for the backward up to 16 MB, else recomputed) and the second
+order as the reference's.
+Third order is not implemented (asking for it raises).
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from ._triton import acc_dtype, tl, triton, use_triton
+from . import _cpu
+from ._triton import BACKENDS, acc_dtype, tl, triton, use_triton
 
 # Register tile (elements of BLOCK_I x BLOCK_J x BLOCK_C) per program. The backward kernels keep
 # more tiles alive, so they get smaller ones. Picked from ptxas register counts on sm_90 (C=5:
@@ -312,6 +316,16 @@ class _Impl(NamedTuple):
 _TRITON = _Impl(_fwd_triton, _bwd_triton, _bwd2_triton)
 
 
+def _cpu_impl(keep: bool) -> _Impl:
+    """The C kernels for forward and first order (``keep``: the forward stores K for the
+    backward); the second order is the reference's."""
+    return _Impl(
+        lambda M, ex: _cpu.forward(M, ex, keep),
+        lambda g, M, ex, kept: _cpu.backward(g, M, kept),
+        lambda V, g, M, ex: _bwd2_torch(V, g, M, ex, None),
+    )
+
+
 def _torch_impl(chunk: int | None) -> _Impl:
     return _Impl(
         lambda M, ex: _fwd_torch(M, ex, chunk),
@@ -333,10 +347,14 @@ class _MinibatchL1(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         M, ctx.exclude_self, ctx.impl = inputs
         ctx.mark_non_differentiable(output[1])
+        # no B x N x N zeros for kept's (absent) gradient; g itself is None when o is unused
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(M, output[1])
 
     @staticmethod
     def backward(ctx, g, _):
+        if g is None:
+            return None, None, None
         M, kept = ctx.saved_tensors
         return _MinibatchL1Grad.apply(g, M, kept, ctx.exclude_self, ctx.impl), None, None
 
@@ -390,6 +408,29 @@ def _check(M, exclude_self: bool) -> None:
         )
 
 
+MBD_BACKENDS = (*BACKENDS, "cpu")
+
+
+def _will_differentiate(M: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and M.requires_grad
+
+
+def _select(backend: str, M: torch.Tensor) -> _Impl:
+    if backend not in MBD_BACKENDS:
+        raise ValueError(f"backend must be one of {MBD_BACKENDS}, got {backend!r}")
+    if backend == "cpu":
+        if M.device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs a CPU tensor, got one on {M.device}")
+        if _cpu.library() is None:
+            raise RuntimeError("backend='cpu': the fused CPU kernels could not be compiled (see the warning); use backend='torch'")
+        return _cpu_impl(_will_differentiate(M))
+    if use_triton(backend, _mbd_fwd_kernel, M):
+        return _TRITON
+    if backend == "auto" and M.device.type == "cpu" and _cpu.library() is not None:
+        return _cpu_impl(_will_differentiate(M))
+    return _torch_impl(None)
+
+
 def minibatch_l1(
     M: torch.Tensor, exclude_self: bool = True, *, backend: str = "auto"
 ) -> torch.Tensor:
@@ -398,16 +439,17 @@ def minibatch_l1(
     Args:
         M: (N, B, C) projected features of one minibatch (fp32, bf16, fp16 or fp64).
         exclude_self: leave out j == i (which would add the constant 1).
-        backend: ``"auto"`` (Triton kernels for CUDA tensors, the torch reference elsewhere),
-            ``"triton"`` (also on CPU under ``TRITON_INTERPRET=1``) or ``"torch"``.
+        backend: ``"auto"`` (Triton kernels for CUDA tensors, the compiled C kernels for CPU
+            tensors, the torch reference where neither is available or with
+            ``GANCORE_CPU_KERNELS=0``), ``"triton"`` (also on CPU under ``TRITON_INTERPRET=1``),
+            ``"cpu"`` (the C kernels) or ``"torch"`` (the reference).
 
     Returns:
         (N, B) tensor in M's dtype, accumulated in fp32 (fp64 for fp64). Differentiable twice,
         with both orders fused in Triton on the Triton path; memory is O(N B C) throughout.
     """
     _check(M, exclude_self)
-    impl = _TRITON if use_triton(backend, _mbd_fwd_kernel, M) else _torch_impl(None)
-    return _MinibatchL1.apply(M, exclude_self, impl)[0]
+    return _MinibatchL1.apply(M, exclude_self, _select(backend, M))[0]
 
 
 def minibatch_l1_reference(

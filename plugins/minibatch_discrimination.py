@@ -10,7 +10,7 @@ output of ``D.body``) and a learned tensor T ∈ R^{A×B×C}:
     o_b(i)   = Σ_{j≠i} c_b(i,j)                    (j = i kept if exclude_self is false: +1)
     logit_i  = w · [f(x_i), o(x_i)] + w₀           (a linear head over A + B inputs)
 
-o is computed by ``gancore.kernels.minibatch_l1`` (fused on CUDA, chunked torch elsewhere; never
+o is computed by ``gancore.kernels.minibatch_l1`` (fused: Triton on CUDA, compiled C on CPU; never
 the N×N×B×C tensor). The core calls D on the real and the fake batch separately, so real and
 fake samples are discriminated as separate minibatches, as in the paper.
 

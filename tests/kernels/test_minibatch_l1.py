@@ -1,19 +1,25 @@
-"""minibatch_l1: Triton kernels and the chunked torch reference against a float64 naive formula,
-forward, backward and double backward (on CPU the kernels run in Triton's interpreter)."""
+"""minibatch_l1: Triton kernels, the compiled CPU kernels and the chunked torch reference against
+a float64 naive formula, forward, backward and double backward (on CPU the Triton kernels run in
+Triton's interpreter)."""
 import os
 import subprocess
 import sys
 import textwrap
 
+import warnings
+
 import pytest
 import torch
 
-from gancore.kernels import minibatch_l1, minibatch_l1_reference
+from gancore.kernels import _cpu, minibatch_l1, minibatch_l1_reference
 from gancore.kernels._triton import HAS_TRITON, use_triton
 
+HAS_CPU_KERNELS = _cpu.library() is not None  # compiled once per test session (and cached on disk)
 BACKENDS = [
     "reference",
     pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")),
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        not HAS_CPU_KERNELS or torch.cuda.is_available(), reason="no C compiler, or tests on CUDA")),
 ]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # tests/conftest.py sets the CPU interpreter
 SHAPES = [(n, b, c) for n in (2, 7, 33) for b in (1, 3, 5) for c in (1, 3, 5)]
@@ -62,6 +68,17 @@ def test_matches_naive_fp64(backend, exclude_self, shape):
     M, g, V = inputs(*shape, torch.float64)
     got = run(op(backend, exclude_self), M, g, V)
     assert_all_close(got, run(lambda M: naive(M, exclude_self), M, g, V), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_input(backend):
+    # M as a strided view (C and B interleaved differently, every other sample) of a larger tensor
+    base, _, V = inputs(37, 4, 10, torch.float64, seed=9)
+    M = base.transpose(1, 2)[::2, ::2, :3]
+    assert not M.is_contiguous()
+    g, V = base[:19, 0, :5], V.transpose(1, 2)[::2, :5, :3]
+    got = run(op(backend, True), M, g, V)
+    assert_all_close(got, run(naive, M.contiguous(), g, V), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -146,13 +163,93 @@ def test_including_self_adds_one(backend):
     torch.testing.assert_close(op(backend, False)(M), op(backend, True)(M) + 1)
 
 
-def test_backend_dispatch():
+def test_backend_dispatch(monkeypatch):
     M, _, _ = inputs(6, 2, 3, torch.float32, seed=7)
     want = minibatch_l1_reference(M)
     torch.testing.assert_close(minibatch_l1(M, backend="torch"), want, rtol=0, atol=0)
-    # "auto": the Triton kernels on CUDA, this very reference elsewhere.
-    exact = {} if DEVICE == "cuda" else dict(rtol=0, atol=0)
-    torch.testing.assert_close(minibatch_l1(M), want, **exact)
+    # "auto": the Triton kernels on CUDA, the C kernels on CPU (bit-identical to backend="cpu").
+    if DEVICE == "cpu" and HAS_CPU_KERNELS:
+        torch.testing.assert_close(minibatch_l1(M), minibatch_l1(M, backend="cpu"), rtol=0, atol=0)
+        assert not torch.equal(minibatch_l1(M), want)  # another summation order: really the C path
+    torch.testing.assert_close(minibatch_l1(M), want)
+    # GANCORE_CPU_KERNELS=0: "auto" is the reference on CPU, silently
+    monkeypatch.setenv(_cpu.DISABLE_VARIABLE, "0")
+    _cpu.library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = minibatch_l1(M.cpu())
+    finally:
+        monkeypatch.undo()
+        _cpu.library.cache_clear()
+    torch.testing.assert_close(got, minibatch_l1_reference(M.cpu()), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no C compiler")
+@pytest.mark.parametrize("keep_elements", [0, 10**9], ids=["recomputed", "kept"])
+def test_cpu_backward_with_k_kept_or_recomputed(monkeypatch, keep_elements):
+    # The forward keeps K for the backward only up to _cpu.KEEP_ELEMENTS; both ways are exact.
+    monkeypatch.setattr(_cpu, "KEEP_ELEMENTS", keep_elements)
+    M, g, V = inputs(23, 3, 4, torch.float64, seed=11)
+    M = M.cpu().requires_grad_(True)
+    o = minibatch_l1(M, backend="cpu")
+    assert o.grad_fn is not None
+    kept = o.grad_fn.saved_tensors[1]
+    assert kept.numel() == (3 * 23 * 22 // 2 if keep_elements else 0)
+    got = run(lambda M: minibatch_l1(M, backend="cpu"), M, g.cpu(), V.cpu())
+    assert_all_close(got, run(naive, M, g.cpu(), V.cpu()), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no C compiler")
+def test_cpu_threads_split_the_kernels_bit_identically():
+    # B is split across torch.get_num_threads() threads; each b is summed by one thread in one
+    # order, so the result does not depend on the thread count.
+    M, g, _ = inputs(19, 5, 3, torch.float32, seed=12)
+    M, g = M.cpu().requires_grad_(True), g.cpu()
+    results = []
+    threads = torch.get_num_threads()
+    for n in (1, 2, 3):
+        torch.set_num_threads(n)
+        try:
+            o = minibatch_l1(M, backend="cpu")
+            results.append((o, *torch.autograd.grad(o, M, g)))
+        finally:
+            torch.set_num_threads(threads)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            assert torch.equal(a, b)
+
+
+def test_without_a_compiler_falls_back_to_the_reference(monkeypatch, tmp_path):
+    # What `pip install gancore` gets on a machine without cc: the same numbers, one warning.
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no library cached by an earlier run
+    _cpu.library.cache_clear()
+    try:
+        M, g, V = inputs(7, 3, 2, torch.float64, seed=10)
+        with pytest.warns(RuntimeWarning, match="could not be compiled .*no C compiler.*torch reference"):
+            got = run(lambda M: minibatch_l1(M.cpu()), M.cpu(), g.cpu(), V.cpu())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process
+            minibatch_l1(M.cpu())
+        with pytest.raises(RuntimeError, match="could not be compiled.*backend='torch'"):
+            minibatch_l1(M.cpu(), backend="cpu")
+    finally:
+        monkeypatch.undo()
+        _cpu.library.cache_clear()
+    want = run(minibatch_l1_reference, M.cpu(), g.cpu(), V.cpu())
+    assert_all_close(got, want, rtol=0, atol=0)
+
+
+def test_unused_output_costs_no_n_by_n_zeros():
+    # The reference's backward must not materialize a (B, N, N) zero gradient for the kept
+    # distances (ctx.set_materialize_grads(False)).
+    M = torch.randn(64, 3, 2, requires_grad=True)
+    loss = minibatch_l1_reference(M).sum()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        loss.backward()
+    filled = [e.input_shapes for e in prof.events() if e.name in ("aten::zero_", "aten::zeros", "aten::fill_")]
+    assert [3, 64, 64] not in [shape for shapes in filled for shape in shapes], filled
 
 
 def test_errors():
@@ -163,8 +260,10 @@ def test_errors():
     with pytest.raises(ValueError, match="N >= 2"):
         minibatch_l1(torch.zeros(1, 3, 2))
     assert minibatch_l1(torch.zeros(1, 3, 2), exclude_self=False).tolist() == [[1.0] * 3]
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="backend must be one of .*'cpu'"):
         minibatch_l1(torch.zeros(4, 3, 2), backend="cuda")
+    with pytest.raises(ValueError, match="backend='cpu' needs a CPU tensor, got one on meta"):
+        minibatch_l1(torch.zeros(4, 3, 2, device="meta"), backend="cpu")
     with pytest.raises(ValueError, match="positive"):
         minibatch_l1_reference(torch.zeros(4, 3, 2), chunk=0)
     with pytest.raises(TypeError, match="torch.Tensor"):
