@@ -88,6 +88,8 @@ def _widened(layer: nn.Module, m: int) -> nn.Module:
 class PacGAN:
     """PacGAN: D judges packs of m samples concatenated, all real or all fake (Lin et al. 2018)."""
 
+    data_parallel = ("local", "packs are formed within each rank's minibatch; m must divide each rank's batch")
+
     def __init__(self) -> None:
         self.m = 2
         self.widened = ""  # "Linear body.0": the layer gancore_build_models widened, for messages

@@ -42,6 +42,8 @@ from gancore.models import probing
 class WganGp:
     """WGAN-GP: Wasserstein loss, 5 critic steps and a gradient penalty on D (Gulrajani et al. 2017)."""
 
+    data_parallel = ("exact", "the gradient penalty is a per-sample mean, so the mean of the ranks' penalties is the global one")
+
     incompatible_with = ("wgan",)
 
     def __init__(self) -> None:
