@@ -78,6 +78,18 @@ class World:
         n = len(rows) // self.size
         return rows[self.rank * n : (self.rank + 1) * n]
 
+    @contextmanager
+    def drawing_share(self, generator: torch.Generator, n: int) -> Iterator[None]:
+        """Around code that draws ``n`` float32 U[0, 1) numbers (one per sample of this rank's
+        batch) from the shared ``generator``: skip the draws of the ranks before and after this
+        one, so that the code gets this rank's slice of one draw for all ranks (on CPU, where
+        draws split exactly; on CUDA each rank still gets its own numbers, in another order)."""
+        if self.parallel and self.rank:
+            torch.rand(self.rank * n, generator=generator, device=generator.device)
+        yield
+        if self.parallel and self.size - self.rank - 1:
+            torch.rand((self.size - self.rank - 1) * n, generator=generator, device=generator.device)
+
     def local_batch_size(self, batch_size: int) -> int:
         if batch_size % self.size:
             raise GancoreError(f"train.batch_size={batch_size} does not divide among {self.size} processes; give a multiple of {self.size}")

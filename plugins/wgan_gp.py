@@ -81,4 +81,5 @@ class WganGp:
         def critic(x):
             return D(x.reshape(shape)).logits
 
-        terms["gradient_penalty"] = gradient_penalty(critic, real_x, fake_x, self.weight, generator=trainer.generator)
+        with trainer.world.drawing_share(trainer.generator, len(real_x)):  # one eps per sample, as in one process
+            terms["gradient_penalty"] = gradient_penalty(critic, real_x, fake_x, self.weight, generator=trainer.generator)
