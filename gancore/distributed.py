@@ -129,14 +129,14 @@ class World:
             torch.distributed.all_reduce(values)
         return dict(zip(terms, values / self.size))
 
-    def any(self, flag: bool, device: torch.device, what: str) -> bool:
-        """Whether ``flag`` is true on any rank."""
+    def largest(self, number: int, device: torch.device, what: str) -> int:
+        """The largest of the ranks' ``number``s."""
         if not self.parallel:
-            return flag
-        value = torch.tensor([float(flag)], device=device)
+            return number
+        value = torch.tensor([number], device=device)
         with self._collective(what):
             torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return bool(value.item())
+        return int(value.item())
 
     @contextmanager
     def _collective(self, what: str) -> Iterator[None]:

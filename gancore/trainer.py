@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import random
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -283,8 +284,11 @@ class Trainer:
                         self.save_checkpoint()
                 except NonFiniteError as error:
                     self._recover(error)
-                if self.world.any(bool(self.stop_requested), self.device, f"the stop check after step {self.step}"):
-                    self.stop_requested = self.stop_requested or "SIGTERM"  # another rank's signal
+                if self.world.parallel:  # every rank stops after this step if any rank was signalled
+                    requested = signal.Signals[self.stop_requested].value if self.stop_requested else 0
+                    agreed = self.world.largest(requested, self.device, f"the stop check after step {self.step}")
+                    self.stop_requested = signal.Signals(agreed).name if agreed else None
+                if self.stop_requested:
                     self.save_checkpoint()
                     raise TrainingInterrupted(self.step)
                 done = n - (target - self.step)
