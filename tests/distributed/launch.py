@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 WORKER = Path(__file__).with_name("worker.py")
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -21,7 +22,8 @@ def free_port() -> int:
 
 
 def rank_environment(rank: int, size: int, port: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANCORE_DIST_TIMEOUT": "30"}
+    path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))  # the ranks import tests.*
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GANCORE_DIST_TIMEOUT": "30", "PYTHONPATH": path}
     if size > 1:
         env.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     return env

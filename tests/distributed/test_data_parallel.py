@@ -22,15 +22,22 @@ def _runs() -> list[dict]:
     runs = [{"label": "vanilla", "plugins": {}, "settings": SETTINGS}]
     for name in BUILT_IN:
         runs.append({"label": name, "plugins": {name: OPTIONS.get(name, {})}, "settings": SETTINGS})
+    for name in THIRD_PARTY:
+        runs.append({"label": name, "plugins": {f"tests.distributed.plugins_under_test:{name}": {}}, "settings": SETTINGS})
+    runs.append({"label": "odd batch", "plugins": {}, "settings": {**SETTINGS, "batch_size": 31}})
     return runs
 
 
 CATALOG = Catalog.installed()
+THIRD_PARTY = ["CountsSteps", "DeclaredCountsSteps"]
 BUILT_IN = [name for name, info in CATALOG.plugins.items() if info.package == "gancore"]
 
 
-def declared(label: str) -> str:
-    return "exact" if label == "vanilla" else CATALOG.plugins[label].cls.data_parallel[0]
+def declared(label: str) -> str | None:
+    """What the built-in run ``label`` declares (None for the other runs)."""
+    if label == "vanilla":
+        return "exact"
+    return CATALOG.plugins[label].cls.data_parallel[0] if label in BUILT_IN else None
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +79,17 @@ def test_two_processes_with_half_batches_equal_one_process(results, label):
         assert losses
         for key in losses:
             assert parallel[key] == pytest.approx(single[key], rel=1e-4, abs=1e-5), (label, key)
+
+
+def test_an_undeclared_third_party_plugin_is_refused_and_a_declared_one_trains(results):
+    for rank in results["two"]:
+        assert rank["CountsSteps"]["error"] == (
+            "plugin counts-steps (inline) does not declare what it does on 2 processes (a class attribute "
+            "data_parallel = ('exact' or 'local' or 'refused', 'why')); run it in one process or ask its author"
+        )
+        assert rank["DeclaredCountsSteps"]["history"][-1]["step"] == 6
+
+
+def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_line(results):
+    for rank in results["two"]:
+        assert rank["odd batch"]["error"] == "train.batch_size=31 does not divide among 2 processes; give a multiple of 2"
