@@ -1,7 +1,7 @@
 """Data-parallel training on torch.distributed, launched by ``torchrun`` (gloo on CPU, NCCL on CUDA).
 
-Without torchrun's environment (``WORLD_SIZE`` unset or 1) nothing here does anything: the
-trainer runs exactly as in one process.
+Without torchrun's environment (``WORLD_SIZE`` unset or 1) the trainer runs as in one process:
+:class:`World` ``()`` and none of its collectives.
 
 Under ``torchrun --nproc-per-node N``, every rank builds the same trainer (same seed: same
 initial networks) and trains on its share of the global batch ``train.batch_size``:
@@ -14,7 +14,8 @@ initial networks) and trains on its share of the global batch ``train.batch_size
   (up to the order of float sums). The extra cost is drawing N times the random numbers, not
   moving N times the data: real points are indexed after slicing.
 * **Gradients.** After each update's backward pass, each player's gradients (all of its
-  networks, including those plugins add) are averaged over the ranks with one all-reduce,
+  networks, including those plugins add) are averaged over the ranks with one all-reduce
+  (which also carries the loss terms, see below),
   so the optimizers take identical steps and the parameters stay identical on every rank.
   This is the all-reduce DistributedDataParallel performs; gancore calls it explicitly because
   a GAN step is not DDP's one-forward-one-backward pattern (D runs on real and fake before one
@@ -102,16 +103,17 @@ class World:
         torch.cuda.set_device(self.local_rank)
         return torch.device("cuda", self.local_rank)
 
-    def average_gradients(self, parameters: Iterable[torch.nn.Parameter], what: str) -> None:
-        """Replace each gradient by its mean over the ranks: one all-reduce per dtype."""
-        if not self.parallel:
-            return
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    def average(self, parameters: Iterable[torch.nn.Parameter], terms: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+        """Replace each gradient by its mean over the ranks and return the loss ``terms``
+        (detached) averaged over the ranks: one all-reduce per gradient dtype, the terms
+        riding along with the float32 gradients."""
+        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {torch.float32: []}
         for parameter in parameters:
             if parameter.grad is not None:
                 by_dtype.setdefault(parameter.grad.dtype, []).append(parameter.grad)
-        for grads in by_dtype.values():
-            flat = torch.cat([grad.reshape(-1) for grad in grads])
+        for dtype, grads in by_dtype.items():
+            flat = torch.cat([grad.reshape(-1) for grad in grads] + ([values.to(grads[0].device if grads else values.device)] if dtype == torch.float32 else []))
             with self._collective(what):
                 torch.distributed.all_reduce(flat)
             flat /= self.size
@@ -119,15 +121,9 @@ class World:
             for grad in grads:
                 grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
                 offset += grad.numel()
-
-    def average_terms(self, terms: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-        """Detached loss terms averaged over the ranks (``terms`` itself in one process)."""
-        if not self.parallel:
-            return terms
-        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
-        with self._collective(what):
-            torch.distributed.all_reduce(values)
-        return dict(zip(terms, values / self.size))
+            if dtype == torch.float32:
+                values = flat[offset:]
+        return dict(zip(terms, values))
 
     def largest(self, number: int, device: torch.device, what: str) -> int:
         """The largest of the ranks' ``number``s."""

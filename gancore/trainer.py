@@ -249,16 +249,17 @@ class Trainer:
         optimizer = self.optimizers[player]
         optimizer.zero_grad(set_to_none=True)
         total = sum(terms.values())
-        seen = self.world.average_terms(terms, f"{player}'s losses at step {self.step}")  # all ranks judge the same values
-        # one host sync per update, so that divergence is caught at the step where it happens
-        if not torch.isfinite(total if seen is terms else sum(seen.values())):
-            bad = next((name for name, value in seen.items() if not torch.isfinite(value)), "total")
-            raise NonFiniteError(f"{player}'s loss term {bad!r} is {float(seen.get(bad, total))} at step {self.step}")
         total.backward()
-        self.world.average_gradients(self.models.parameters(player), f"{player}'s gradients at step {self.step}")
+        if self.world.parallel:  # the ranks' mean gradients and losses (one all-reduce): every rank judges and steps alike
+            terms = self.world.average(self.models.parameters(player), terms, f"{player}'s update at step {self.step}")
+            total = sum(terms.values())
+        # one host sync per update, so that divergence is caught at the step where it happens
+        if not torch.isfinite(total):
+            bad = next((name for name, value in terms.items() if not torch.isfinite(value)), "total")
+            raise NonFiniteError(f"{player}'s loss term {bad!r} is {float(terms.get(bad, total))} at step {self.step}")
         optimizer.step()
         self.hook.gancore_after_optimizer_step(trainer=self, player=player)
-        for name, value in seen.items():
+        for name, value in terms.items():
             logs[f"loss_{player}/{name}"] = value.detach()
 
     # --- loops -----------------------------------------------------------------------------------
