@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 
 import torch
 
-from tests.distributed.launch import fit_in_processes, start
+from tests.distributed.launch import fit_in_processes, rank_environment, start
 
 SETTINGS = {"steps": 8, "batch_size": 32, "z_dim": 4, "g_width": 16, "d_width": 16, "n_train": 500, "eval_every": 4, "eval_samples": 200, "device": "cpu"}
 TRAIN = ["-m", "gancore.cli", "train", "--steps", "100000", "--batch-size", "32", "-s", "train.n_train=500", "-s", "train.eval_every=0", "-q", "--device", "cpu", "--out", "runs", "--name", "run"]
@@ -62,3 +63,13 @@ def test_a_signal_to_one_rank_stops_both_after_the_same_step_with_one_checkpoint
     checkpoints = list((tmp_path / "runs" / "run" / "checkpoints").glob("step-*.pt"))
     assert [path.name for path in checkpoints] == [f"step-{steps[0]:08d}.pt"]
     assert "gancore train --resume" in errors[0] and "rank 0" in errors[1]
+
+
+def test_torchrun_trains_with_two_processes_and_rank_0_alone_writes_and_prints(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *TRAIN]
+    command[command.index("100000")] = "6"
+    done = subprocess.run(command, cwd=tmp_path, env=rank_environment(0, 1, 0), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run directory: runs/run\n") == 1 and done.stdout.count("step 6: modes captured") == 1, done.stdout
+    assert [path.name for path in (tmp_path / "runs").iterdir()] == ["run"]
+    assert [path.name for path in (tmp_path / "runs" / "run" / "checkpoints").iterdir()] == ["step-00000006.pt"]
