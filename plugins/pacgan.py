@@ -113,6 +113,8 @@ class PacGAN:
 
     @hookimpl
     def gancore_check_models(self, trainer, batch):
+        if trainer.batch_size % self.m:  # on several processes, each packs its own share of the batch
+            raise GancoreError(f"pacgan.m={self.m} must divide each of the {trainer.world.size} processes' batch of {trainer.batch_size}; choose train.batch_size a multiple of {self.m * trainer.world.size}")
         try:
             with probing(trainer.models.D):
                 trainer.models.D(batch.real)

@@ -25,6 +25,7 @@ def _runs() -> list[dict]:
     for name in THIRD_PARTY:
         runs.append({"label": name, "plugins": {f"tests.distributed.plugins_under_test:{name}": {}}, "settings": SETTINGS})
     runs.append({"label": "odd batch", "plugins": {}, "settings": {**SETTINGS, "batch_size": 31}})
+    runs.append({"label": "odd packs", "plugins": {"pacgan": {"m": 4}}, "settings": {**SETTINGS, "batch_size": 36}})
     return runs
 
 
@@ -93,3 +94,8 @@ def test_an_undeclared_third_party_plugin_is_refused_and_a_declared_one_trains(r
 def test_a_batch_that_does_not_divide_among_the_ranks_is_refused_in_one_line(results):
     for rank in results["two"]:
         assert rank["odd batch"]["error"] == "train.batch_size=31 does not divide among 2 processes; give a multiple of 2"
+
+
+def test_pacgan_refuses_packs_that_do_not_divide_a_rank_s_batch(results):
+    for rank in results["two"]:
+        assert rank["odd packs"]["error"] == "pacgan.m=4 must divide each of the 2 processes' batch of 18; choose train.batch_size a multiple of 8"
