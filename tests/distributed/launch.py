@@ -29,11 +29,12 @@ def rank_environment(rank: int, size: int, port: int) -> dict:
     return env
 
 
-def start(argv: list[str], size: int, cwd: Path) -> list[subprocess.Popen]:
-    """``size`` processes running ``python argv`` as the ranks of one world."""
+def start(argv: list[str], size: int, cwd: Path, **variables: str) -> list[subprocess.Popen]:
+    """``size`` processes running ``python argv`` as the ranks of one world (with ``variables``
+    added to their environment)."""
     port = free_port()
     return [
-        subprocess.Popen([sys.executable, *argv], cwd=cwd, env=rank_environment(rank, size, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, *argv], cwd=cwd, env={**rank_environment(rank, size, port), **variables}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for rank in range(size)
     ]
 

@@ -48,6 +48,21 @@ def test_killing_one_rank_ends_the_other_with_a_one_line_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gancore: error: rank 0 of 2: another rank died or stopped answering during "), stderr[-2000:]
 
 
+def test_a_rank_that_stops_answering_ends_the_other_after_the_timeout(tmp_path):
+    processes = start([*TRAIN, "-s", "train.checkpoint_every=5"], 2, tmp_path, GANCORE_DIST_TIMEOUT="3")
+    _wait_for_checkpoint(tmp_path, processes)
+    processes[1].send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        _, stderr = processes[0].communicate(timeout=60)
+        waited = time.monotonic() - stopped
+    finally:
+        processes[1].kill()
+    assert processes[0].returncode == 2 and waited < 30  # GANCORE_DIST_TIMEOUT (3 s), not the default 300
+    assert stderr.strip().startswith("gancore: error: rank 0 of 2: another rank died or stopped answering during ") and "Timed out" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
 def test_a_signal_to_one_rank_stops_both_after_the_same_step_with_one_checkpoint(tmp_path):
     processes = start([*TRAIN, "-s", "train.checkpoint_every=100000"], 2, tmp_path)
     _wait_for_first_metrics = time.monotonic() + 120
