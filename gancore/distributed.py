@@ -57,7 +57,8 @@ class RankLost(GancoreError):
 @dataclass(frozen=True)
 class World:
     """The processes training together: this one's ``rank`` among ``size`` (``local_rank``
-    on its machine). ``World()`` is one process alone: every method is then a no-op."""
+    on its machine). ``World()`` is one process alone: ``share``, ``drawing_share`` and
+    ``largest`` change nothing then, and the trainer calls :meth:`average` only when ``parallel``."""
 
     rank: int = 0
     size: int = 1
@@ -106,14 +107,15 @@ class World:
     def average(self, parameters: Iterable[torch.nn.Parameter], terms: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
         """Replace each gradient by its mean over the ranks and return the loss ``terms``
         (detached) averaged over the ranks: one all-reduce per gradient dtype, the terms
-        riding along with the float32 gradients."""
+        riding along with the float32 gradients. The ranks run the same code, so the same
+        parameters have gradients on every rank (the flattened buffers match)."""
         values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {torch.float32: []}
         for parameter in parameters:
             if parameter.grad is not None:
                 by_dtype.setdefault(parameter.grad.dtype, []).append(parameter.grad)
         for dtype, grads in by_dtype.items():
-            flat = torch.cat([grad.reshape(-1) for grad in grads] + ([values.to(grads[0].device if grads else values.device)] if dtype == torch.float32 else []))
+            flat = torch.cat([grad.reshape(-1) for grad in grads] + ([values] if dtype == torch.float32 else []))
             with self._collective(what):
                 torch.distributed.all_reduce(flat)
             flat /= self.size
