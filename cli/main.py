@@ -13,6 +13,7 @@ import numpy as np
 
 from gancore import __version__
 from gancore.config import CORE, MAX_SEED, read_toml
+from gancore.distributed import leave as leave_process_group
 from gancore.errors import GancoreError, Interrupted, one_line
 from gancore.manager import Catalog
 from gancore.memory import is_out_of_memory
@@ -81,17 +82,20 @@ def train(ctx, config_file, recipe, plugins, assignments, out, name, quiet, resu
     run.config.recipe = recipe
     with run.reporting_plugin_faults():
         trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
-    trainer.output = RunDirectory.create(Path(out or "runs"), name or default_run_name(run.config), run)
+    if trainer.world.is_main:  # under torchrun, rank 0 alone writes the run directory
+        trainer.output = RunDirectory.create(Path(out or "runs"), name or default_run_name(run.config), run)
     _fit(trainer, new_run=True)
 
 
 def _fit(trainer, new_run: bool) -> None:
-    """Train through the function gancore.fit uses, then print the result."""
+    """Train through the function gancore.fit uses, then print the result (rank 0 only)."""
     from gancore.api import train
 
-    summary = train(trainer, new_run, resume_hint=f"gancore train --resume {trainer.output.path}")
-    click.echo(_result_line(summary))
-    click.echo(f"run directory: {trainer.output.path}")
+    resume_hint = f"gancore train --resume {trainer.output.path}" if trainer.output else ""
+    summary = train(trainer, new_run, resume_hint=resume_hint)
+    if trainer.output:
+        click.echo(_result_line(summary))
+        click.echo(f"run directory: {trainer.output.path}")
 
 
 def _result_line(metrics: dict) -> str:
@@ -277,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
                 where = f" {exc.filename}" if exc.filename else ""
                 _fail(f"cannot access{where}: {exc.strerror or one_line(exc)}", 2)
             _fail(f"internal error ({one_line(exc)}); rerun with --debug for the traceback and report it", 1)
+        finally:
+            leave_process_group()
     sys.exit(status if isinstance(status, int) else 0)
 
 

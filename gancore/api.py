@@ -149,7 +149,7 @@ def fit(
         run.config.recipe = recipe
         with run.reporting_plugin_faults():
             trainer = build(run)  # data and models first: bad input fails before any file is written
-        if run_dir is not None:
+        if run_dir is not None and trainer.world.is_main:
             trainer.output = RunDirectory.create_exactly(Path(run_dir), run, given)
     resume_hint = f"gancore.fit(..., run_dir={str(trainer.output.path)!r}, resume=True)" if trainer.output else ""
     summary = train(trainer, new_run=not resume, resume_hint=resume_hint)
@@ -164,7 +164,10 @@ def train(trainer: Trainer, new_run: bool, resume_hint: str) -> dict:
     directory behind; the run directory's lock is released however training ends.
     """
     output = trainer.output
-    handle_signals = output is not None and threading.current_thread() is threading.main_thread()
+    # every rank of a parallel run listens: the ranks agree on stopping after each step
+    handle_signals = (output is not None or trainer.world.parallel) and threading.current_thread() is threading.main_thread()
+    if not trainer.world.is_main:
+        resume_hint = "rank 0's command"
 
     def request_stop(signum, frame):
         trainer.stop_requested = signal.Signals(signum).name
@@ -265,7 +268,8 @@ def _resumed(path: Path, catalog: Catalog, names: list[str], values: dict, given
     try:
         _check_same_settings(path, trainer, requested)
     except BaseException:
-        trainer.output.release()
+        if trainer.output:
+            trainer.output.release()
         raise
     return trainer
 

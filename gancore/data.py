@@ -66,11 +66,13 @@ class Dataset:
 
     def sample(self, n: int, generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Draw ``n`` training points with replacement, uniformly or with per-point ``weights``."""
+        return self.points[self.sample_index(n, generator, weights).to(self.points.device)]
+
+    def sample_index(self, n: int, generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The indices of :meth:`sample`'s points (on the generator's device)."""
         if weights is None:
-            index = torch.randint(len(self.points), (n,), generator=generator, device=generator.device)
-        else:
-            index = torch.multinomial(weights, n, replacement=True, generator=generator)
-        return self.points[index.to(self.points.device)]
+            return torch.randint(len(self.points), (n,), generator=generator, device=generator.device)
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
 def _mixture(means: np.ndarray, std: float, n: int, rng: np.random.Generator) -> np.ndarray:

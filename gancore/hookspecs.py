@@ -68,6 +68,29 @@ How the remedies of gancore's design map onto these hooks (the design's test):
   to everything D sees, in both phases.
 * **ema** — ``gancore_step_end`` (``trylast``) updates a moving average of G's weights;
   ``gancore_sample`` draws from it; its state is the average.
+
+Data parallelism (``torchrun --nproc-per-node N``, see :mod:`gancore.distributed`). Every rank
+runs every hook, with identical networks (gradients are averaged after each update) and with
+its share of the global batch: ``trainer.world.rank`` and ``trainer.world.size`` say which
+(0 and 1 in one process), ``trainer.batch_size`` is the rank's batch, ``batch`` objects hold
+the rank's samples, and loss terms are averaged over the ranks after the loss hooks. Draws from
+the training stream made through ``trainer.noise()`` / ``trainer.real_batch()`` are the rank's
+slice of one draw for all ranks; a plugin that draws per-sample numbers itself from
+``trainer.generator`` wraps the draw in ``trainer.world.drawing_share(generator, n)`` to do the
+same (else every rank draws the same numbers for its own samples). Only rank 0 writes files;
+plugin state is checkpointed from rank 0, so it must be identical on every rank.
+
+Each plugin class declares what it means under data parallelism, as a class attribute
+``data_parallel = (mode, why)`` with ``why`` one line (errors quote it):
+
+* ``"exact"`` — 2 ranks with half batches train as one process with the whole batch (up to the
+  order of float sums); tested for the built-ins that declare it.
+* ``"local"`` — works and keeps the ranks identical, but on each rank's share of the batch
+  (e.g. minibatch statistics over the rank's samples), so the result differs from one process.
+* ``"refused"`` — the plugin cannot train on several processes; ``why`` says why.
+
+A plugin without the attribute is refused when more than one process trains (it may keep
+per-rank state that a checkpoint from rank 0 would lose), with a message naming it.
 """
 from __future__ import annotations
 

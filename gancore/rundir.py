@@ -20,6 +20,7 @@ import tomli_w
 from gancore import __version__
 from gancore.checkpoint import PATTERN, atomic_write, list_checkpoints, save_checkpoint
 from gancore.config import CORE, RunConfig
+from gancore.distributed import launched_rank
 from gancore.errors import GancoreError, one_line
 from gancore.report import plot_mode_shares, plot_samples
 
@@ -328,6 +329,10 @@ def resume_run(path: Path, catalog: Catalog, progress: bool, steps: int | None, 
     write are removed. config.toml is rewritten only when ``steps`` changes the total."""
     if not (path / "config.toml").is_file():
         raise GancoreError(f"{path} is not a gancore run directory (no config.toml)")
+    if launched_rank() != 0:  # another rank of a parallel run: rank 0 holds the lock and writes
+        trainer = open_trainer(path, catalog, progress, steps, build)
+        trainer.output = None
+        return trainer
     lock = RunLock(path).acquire()
     try:
         trainer = open_trainer(path, catalog, progress, steps, build)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import random
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gancore import distributed
 from gancore.data import Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.losses import LOSSES
@@ -98,7 +100,9 @@ class Trainer:
     Plugins see the trainer in every hook. What they may use: ``config`` (the RunConfig),
     ``train`` (its core settings), ``models``, ``optimizers`` (by player), ``dataset``,
     ``data_weights`` (per-point sampling weights or None), ``step``, ``device``, ``generator``
-    (the training RNG), and the methods ``noise``, ``real_batch``, ``sample``,
+    (the training RNG), ``world`` (a :class:`gancore.distributed.World`: this process's ``rank``
+    and the ``size`` of the world training together, 1 without torchrun), ``batch_size`` (this
+    rank's share of ``train.batch_size``), and the methods ``noise``, ``real_batch``, ``sample``,
     ``run_steps``, ``reinitialize``, ``mark_good`` and ``evaluate``.
     """
 
@@ -118,7 +122,11 @@ class Trainer:
         self.output = output
         self.progress = progress
         train = self.train
-        self.device = resolve_device(train.device)
+        self.world = distributed.join(resolve_device(train.device))
+        self.world.check_plugins(run.plugins)
+        self.device = self.world.device(resolve_device(train.device))
+        self.batch_size = self.world.local_batch_size(train.batch_size)
+        self.progress = progress and self.world.is_main
         self.loss = LOSSES[train.loss]
         if self.device.type == "cpu" and train.cpu_threads:
             torch.set_num_threads(train.cpu_threads)
@@ -149,12 +157,12 @@ class Trainer:
 
     def _check_batch(self) -> Batch:
         """What ``gancore_check_models`` probes with, drawing no random numbers: the first
-        ``batch_size`` training points (repeated if too few), zero noise and G's samples of it."""
+        ``batch_size`` (this rank's) training points (repeated if too few), zero noise and G's samples of it."""
         points = self.dataset.points
-        z = torch.zeros(self.train.batch_size, self.train.z_dim, device=self.device)
+        z = torch.zeros(self.batch_size, self.train.z_dim, device=self.device)
         with probing(self.models.G):
             fake = self.models.G(z)
-        return Batch("check", 0, z, fake, points[torch.arange(self.train.batch_size, device=points.device) % len(points)])
+        return Batch("check", 0, z, fake, points[torch.arange(self.batch_size, device=points.device) % len(points)])
 
     # --- building blocks plugins use -----------------------------------------------------------
 
@@ -183,11 +191,18 @@ class Trainer:
         self.lr_decay_span = (start, end)
 
     def noise(self, n: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` (default: a batch) draws of G's input noise, from ``generator`` (default: the training stream)."""
-        return torch.randn(self.train.batch_size if n is None else n, self.train.z_dim, device=self.device, generator=generator or self.generator)
+        """``n`` (default: this rank's batch) draws of G's input noise, from ``generator``, or by
+        default from the training stream, shared by all ranks: it draws ``n`` for every rank and
+        returns this rank's share (gancore.distributed)."""
+        n = self.batch_size if n is None else n
+        if generator is not None:
+            return torch.randn(n, self.train.z_dim, device=self.device, generator=generator)
+        return self.world.share(torch.randn(n * self.world.size, self.train.z_dim, device=self.device, generator=self.generator))
 
     def real_batch(self, n: int | None = None) -> torch.Tensor:
-        return self.dataset.sample(n or self.train.batch_size, self.generator, self.data_weights)
+        """``n`` (default: this rank's batch) training points, this rank's share of a draw for all ranks."""
+        index = self.dataset.sample_index((n or self.batch_size) * self.world.size, self.generator, self.data_weights)
+        return self.dataset.points[self.world.share(index).to(self.dataset.points.device)]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -234,11 +249,14 @@ class Trainer:
         optimizer = self.optimizers[player]
         optimizer.zero_grad(set_to_none=True)
         total = sum(terms.values())
+        total.backward()
+        if self.world.parallel:  # the ranks' mean gradients and losses (one all-reduce): every rank judges and steps alike
+            terms = self.world.average(self.models.parameters(player), terms, f"{player}'s update at step {self.step}")
+            total = sum(terms.values())
         # one host sync per update, so that divergence is caught at the step where it happens
         if not torch.isfinite(total):
             bad = next((name for name, value in terms.items() if not torch.isfinite(value)), "total")
             raise NonFiniteError(f"{player}'s loss term {bad!r} is {float(terms.get(bad, total))} at step {self.step}")
-        total.backward()
         optimizer.step()
         self.hook.gancore_after_optimizer_step(trainer=self, player=player)
         for name, value in terms.items():
@@ -267,6 +285,10 @@ class Trainer:
                         self.save_checkpoint()
                 except NonFiniteError as error:
                     self._recover(error)
+                if self.world.parallel:  # every rank stops after this step if any rank was signalled
+                    requested = signal.Signals[self.stop_requested].value if self.stop_requested else 0
+                    agreed = self.world.largest(requested, self.device, f"the stop check after step {self.step}")
+                    self.stop_requested = signal.Signals(agreed).name if agreed else None
                 if self.stop_requested:
                     self.save_checkpoint()
                     raise TrainingInterrupted(self.step)

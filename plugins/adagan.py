@@ -95,6 +95,8 @@ def choose_components(weights: list[float], n: int, generator: torch.Generator) 
 class AdaGan:
     """AdaGAN: boosting — T GANs, each on data reweighted towards what the mixture misses (Tolstikhin et al. 2017)."""
 
+    data_parallel = ("local", "every rank runs the same rounds, data weights and mixture (computed from the shared training stream and identical parameters); each GAN trains on the global batch split across ranks")
+
     def __init__(self) -> None:
         self.rounds = 5
         self.beta = 0.0

@@ -30,6 +30,8 @@ from gancore import GancoreError, hookimpl
 class Ema:
     """Sample from an exponential moving average of G's weights (Yazıcı et al. 2019)."""
 
+    data_parallel = ("exact", "the average of parameters that are identical on every rank is identical on every rank")
+
     def __init__(self) -> None:
         self.decay, self.start = 0.999, 0
         self.average: nn.Module | None = None  # G with the averaged weights, from step ``start`` on

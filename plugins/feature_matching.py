@@ -31,6 +31,8 @@ from gancore.models import probing
 class FeatureMatching:
     """Feature matching: G matches the batch mean of D's features on real data (Salimans et al. 2016)."""
 
+    data_parallel = ("local", "the feature means are each rank's batch means, so the loss is the mean over ranks of per-rank distances, not the distance of global means")
+
     incompatible_with = ("veegan",)  # its critic reads (z, x) pairs; a raw real batch is not one
 
     def __init__(self) -> None:

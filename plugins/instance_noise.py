@@ -18,6 +18,8 @@ from gancore import hookimpl
 class InstanceNoise:
     """Annealed Gaussian noise on D's real and fake inputs (Sønderby et al. 2016)."""
 
+    data_parallel = ("local", "the noise is drawn per rank from the shared training stream, so ranks add the same noise values to different samples")
+
     def __init__(self) -> None:
         self.std = 0.0
         self.anneal_steps = 1

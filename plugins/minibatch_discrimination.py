@@ -68,6 +68,8 @@ def find_discriminator(module: nn.Module) -> Discriminator | None:
 class MinibatchDiscrimination:
     """Minibatch discrimination: D's head also reads L1-kernel similarities to the rest of the minibatch (Salimans et al. 2016)."""
 
+    data_parallel = ("local", "D compares the samples within each rank's minibatch of train.batch_size / ranks")
+
     def __init__(self) -> None:
         self.kernels, self.kernel_dim, self.exclude_self = 16, 5, True
 

@@ -88,6 +88,8 @@ def _widened(layer: nn.Module, m: int) -> nn.Module:
 class PacGAN:
     """PacGAN: D judges packs of m samples concatenated, all real or all fake (Lin et al. 2018)."""
 
+    data_parallel = ("local", "packs are formed within each rank's minibatch; m must divide each rank's batch")
+
     def __init__(self) -> None:
         self.m = 2
         self.widened = ""  # "Linear body.0": the layer gancore_build_models widened, for messages
@@ -111,6 +113,8 @@ class PacGAN:
 
     @hookimpl
     def gancore_check_models(self, trainer, batch):
+        if trainer.batch_size % self.m:  # on several processes, each packs its own share of the batch
+            raise GancoreError(f"pacgan.m={self.m} must divide each of the {trainer.world.size} processes' batch of {trainer.batch_size}; choose train.batch_size a multiple of {self.m * trainer.world.size}")
         try:
             with probing(trainer.models.D):
                 trainer.models.D(batch.real)

@@ -45,6 +45,8 @@ def _clone(state: dict) -> dict:
 class Replay:
     """Experience replay: a buffer of past fakes mixed into D's batches, and old G or D snapshots swapped in (Pfau & Vinyals 2016)."""
 
+    data_parallel = ("refused", "its buffer holds each rank's own fake samples and a checkpoint keeps rank 0's only, so a resumed run would not continue the same")
+
     def __init__(self) -> None:
         self.fraction, self.capacity = 0.5, 5120
         self.period, self.duration, self.keep, self.player = 0, 1, 5, "G"

@@ -63,6 +63,8 @@ from gancore.trainer import Batch
 class Unrolled:
     """Unrolled GAN: G's step is taken against D advanced k steps by its own optimizer, differentiably (Metz et al. 2017)."""
 
+    data_parallel = ("local", "each rank unrolls D on its own share of the batch; G's gradient through the unroll is averaged once over the ranks")
+
     incompatible_with = ("veegan",)  # its critic reads (F(x), x) pairs; the unrolled steps' raw real batch is not one
 
     def __init__(self) -> None:

@@ -118,6 +118,8 @@ def gaussian_nll(z: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -
 class Veegan:
     """VEEGAN: reconstructor F: x→z, a critic on (z, x) pairs, and ‖z − F(G(z))‖² (Srivastava et al. 2017)."""
 
+    data_parallel = ("local", "the reconstructor F trains with G's optimizer, its gradients averaged with G's; its losses are means over each rank's batch")
+
     # unrolled advances D on a raw trainer.real_batch(), which is not a (z, x) pair
     # (feature-matching declares the same for its raw real features)
     incompatible_with = ("unrolled",)

@@ -27,6 +27,8 @@ from gancore import GancoreError, hookimpl
 class Wgan:
     """WGAN: Wasserstein loss, 5 critic steps, D's weights clipped to [−c, c] (Arjovsky et al. 2017)."""
 
+    data_parallel = ("exact", "the critic's loss is a mean over samples and its weights are clipped identically on every rank")
+
     incompatible_with = ("wgan-gp",)
 
     def __init__(self) -> None:

@@ -42,6 +42,8 @@ from gancore.models import probing
 class WganGp:
     """WGAN-GP: Wasserstein loss, 5 critic steps and a gradient penalty on D (Gulrajani et al. 2017)."""
 
+    data_parallel = ("exact", "the gradient penalty is a per-sample mean, so the mean of the ranks' penalties is the global one")
+
     incompatible_with = ("wgan",)
 
     def __init__(self) -> None:
@@ -79,4 +81,5 @@ class WganGp:
         def critic(x):
             return D(x.reshape(shape)).logits
 
-        terms["gradient_penalty"] = gradient_penalty(critic, real_x, fake_x, self.weight, generator=trainer.generator)
+        with trainer.world.drawing_share(trainer.generator, len(real_x)):  # one eps per sample, as in one process
+            terms["gradient_penalty"] = gradient_penalty(critic, real_x, fake_x, self.weight, generator=trainer.generator)
