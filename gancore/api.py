@@ -259,6 +259,8 @@ def _given(generator: nn.Module | None, discriminator: nn.Module | None, data: D
 
 def _resumed(path: Path, catalog: Catalog, names: list[str], values: dict, given: dict, build, progress: bool) -> Trainer:
     """The trainer of the run in ``path``, at its last checkpoint, if this call gives what it was started with."""
+    if not (path / "config.toml").is_file():
+        raise GancoreError(f"gancore.fit: there is no run to resume in {path} (no config.toml); start it with resume=False")
     recorded = given_to_fit(path)
     for key in sorted(set(recorded) | set(given)):
         if recorded.get(key) != given.get(key):

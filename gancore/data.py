@@ -224,6 +224,8 @@ def dataset_from(data, modes=None, radius: float | None = None, scorer: Callable
         data = data.detach().cpu().numpy()
     if not isinstance(data, np.ndarray):
         raise GancoreError(f"{where}: give a tensor, a numpy array, a torch Dataset or DataLoader, or a file path; not {type(data).__name__}")
+    if data.dtype.kind in "biu":  # 0..255 pictures trained as given would never match G's tanh range
+        raise GancoreError(f"{where}: values of dtype {data.dtype} are used as given, not rescaled; give floats on G's output scale (images: x / 127.5 - 1 for [-1, 1])")
     points = _check_points(data, where, "points", samples_of_any_shape=True)
     centres = None
     if modes is not None:
