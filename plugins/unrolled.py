@@ -11,6 +11,7 @@ stops paying. For each G update, with D's parameters θ_D and its optimizer's st
         L_D(θᵢ) = loss_D(D_θᵢ(x), D_θᵢ(fake)) + other plugins' D terms
         θᵢ₊₁, sᵢ₊₁ = update(θᵢ, ∇_θ L_D(θᵢ), sᵢ)                  # D's own rule: Adam, AdamW or SGD
     G minimizes loss_G(D_θₖ(fake)),   with ∂θₖ/∂fake taken through all k updates (second order)
+    (objective "saddle": G maximizes L_D(θₖ) itself, on the same x and fake; see below)
 
 ``update`` is D's optimizer, read from ``trainer.optimizers["D"]`` (lr, betas, eps,
 weight_decay, momentum, ... and the current exp_avg / exp_avg_sq / step or momentum buffers)
@@ -18,6 +19,16 @@ and written out differentiably. ``steps = 0`` is the vanilla G step. ``backprop 
 the first-order variant: θₖ is computed the same way but treated as constants, so G only sees
 D's future state, not how its own samples moved D there; the paper (and PROTOCOLS.md) count it
 as a different, weaker method.
+
+G's objective (option ``objective``). The paper's surrogate is f_K(θ_G, θ_D) = f(θ_G, θ_D^K): the
+saddle objective at the unrolled parameters, real term included, and poolio/unrolled_gan's demo
+trains G on ``-unrolled_loss``, D's whole cross-entropy at θₖ (cell 13). Its real term
+−E_x log D_θₖ(x) depends on G through θₖ, so G also sees how its samples move D's verdict on the
+data. ``"saddle"`` is that: G minimizes −L_D(θₖ; x, fake) (with the logistic losses, the minimax
+G loss −softplus(ℓ_fake) plus the real term). ``"core"`` (default, kept because the benchmark's
+stored unrolled rows were run with it) is the core's G loss on D_θₖ(fake) alone (e.g. the
+non-saturating softplus(−ℓ_fake)), without the real term: a departure from the paper. With
+``steps = 0`` both are the core's G step.
 
 What the unrolled steps see: ``x`` is a fresh, raw real batch (plugins that change what D
 sees through ``gancore_discriminator_batch`` are not applied to it) and ``fake`` is the G
@@ -68,7 +79,7 @@ class Unrolled:
     incompatible_with = ("veegan",)  # its critic reads (F(x), x) pairs; the unrolled steps' raw real batch is not one
 
     def __init__(self) -> None:
-        self.steps, self.backprop, self.plugin_terms = 5, True, True
+        self.steps, self.backprop, self.plugin_terms, self.objective = 5, True, True, "core"
 
     @hookimpl
     def gancore_add_options(self, options):
@@ -79,6 +90,12 @@ class Unrolled:
             "first-order variant that treats the unrolled D as constants, a different and weaker method",
         )
         options.add(
+            "objective", str, "core",
+            "G's loss at the unrolled D: 'saddle' = −L_D(θₖ) on the unroll's real batch and G's samples, real term "
+            "included (the paper's f_K and the official code); 'core' = train.loss's G loss on G's samples only",
+            choices=("core", "saddle"),
+        )
+        options.add(
             "plugin_terms", bool, True,
             "unroll D with its whole loss: also the other enabled plugins' D loss terms (e.g. wgan-gp's "
             "penalty); false: the core's adversarial loss only",
@@ -87,6 +104,7 @@ class Unrolled:
     @hookimpl
     def gancore_configure(self, options):
         self.steps, self.backprop, self.plugin_terms = options.steps, options.backprop, options.plugin_terms
+        self.objective = options.objective
 
     @hookimpl
     def gancore_check_models(self, trainer, batch):
@@ -109,6 +127,11 @@ class Unrolled:
             return None
         return unroll(trainer, batch, self.steps, backprop=self.backprop, plugin_terms=self.plugin_terms)
 
+    @hookimpl
+    def gancore_generator_loss(self, trainer, fake, critic, terms):
+        if self.objective == "saddle" and isinstance(critic, UnrolledCritic):
+            terms["adversarial"] = -trainer.loss.discriminator(critic(critic.real).logits, fake.logits)
+
 
 # ---------------------------------------------------------------------------------------------
 # The unroll
@@ -119,10 +142,11 @@ class UnrolledCritic:
     """D evaluated at the unrolled parameters: ``critic(x)`` is ``D_θₖ(x)``, a Critique.
 
     :ivar params: D's parameters and (cloned) buffers by name, with θₖ for the trained ones.
+    :ivar real: the real batch the k steps were taken on.
     """
 
-    def __init__(self, D: nn.Module, params: dict[str, torch.Tensor]):
-        self.D, self.params = D, params
+    def __init__(self, D: nn.Module, params: dict[str, torch.Tensor], real: torch.Tensor):
+        self.D, self.params, self.real = D, params, real
 
     def __call__(self, x: torch.Tensor) -> Critique:
         return functional_call(self.D, self.params, (x,))
@@ -168,7 +192,7 @@ def unroll(trainer, batch: Batch, steps: int, backprop: bool = True, plugin_term
                 (grad,) = torch.autograd.grad(d_loss(theta, fake), theta, create_graph=exact)
         with torch.set_grad_enabled(exact):
             theta, state = rule.step(theta, grad, state, i)
-    return UnrolledCritic(D, {**fixed, **rule.unflatten(theta if exact else theta.detach())})
+    return UnrolledCritic(D, {**fixed, **rule.unflatten(theta if exact else theta.detach())}, real)
 
 
 class _Holder(nn.Module):

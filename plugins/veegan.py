@@ -11,13 +11,20 @@ critic sees the difference and G gets a signal towards the missing mode. Each st
     γ, θ ← γ, θ − ∇ Ô,   Ô = (1/N) Σ_i −ℓ_ω(z_i, x_g^i)  +  weight · (1/N) Σ_i d(z_i, F_θ(x_g^i))
 
 F_θ(x) = N(μ_θ(x), σ_θ(x)²) is a Gaussian over noise space (akashgit/VEEGAN's reconstructor is
-one): real pairs take a *sample* of it. Option ``scale``: ``"learned"`` (default, the official code)
-learns σ(x) and d is the negative log-likelihood −log N(z; μ, σ²); ``"unit"`` fixes σ = 1 and d is
-the paper's ‖z − μ(x)‖² (the same up to ½ and a constant). Why a sample: G(z) keeps only a few
+one): real pairs take a *sample* of it. Option ``scale``: ``"unit"`` fixes σ = 1 and d is the
+paper's ‖z − μ(x)‖²; this is the official code (VEEGAN_2D_RING.ipynb: F's output is
+``Normal(μ(x), 1)``, the real pairs take a sample of it, and the G player maximizes
+log N(z; μ(F(G(z))), 1) = −½‖z − μ‖² + const, so weight = 0.5 is its scale). ``"learned"``
+(default, kept because the benchmark's stored VEEGAN rows were run with it) learns σ(x) and d is
+the negative log-likelihood −log N(z; μ, σ²), a departure from the official code. Why a sample: G(z) keeps only a few
 dimensions' worth of a 256-D z, so most of z cannot be reconstructed and μ(x) ≈ 0 there; a
 deterministic F would give real pairs a z half that the critic tells from N(0, I) at a glance
 (its loss goes to 0, G's adversarial signal vanishes and G's samples blur: measured on ring8,
 0.4/8 modes, 0% HQ). With the spread, F(x) looks like p0 wherever z is not recoverable.
+
+Option ``extra_noise`` (the official code: 1): G reads z_dim noise values, of which the last
+``extra_noise`` are G's alone: F reconstructs, and the critic pairs with x, only the first
+z_dim − extra_noise (the official notebook feeds G 254 reconstructed values plus 1 ``eps``).
 
 where ℓ_ω is the critic's logit. gancore's D gives *real* pairs a positive logit, so at its
 optimum ℓ* = log p_θ(z|x)p(x) / q_γ(x|z)p0(z), the negative of the paper's D_ω, and
@@ -34,12 +41,14 @@ adversarial term does not involve F, so as in Algorithm 1 F learns from the reco
 
 How it maps onto gancore's hooks:
 
-* ``gancore_build_models`` adds F (an MLP mirroring G: ``data_dim → width×depth → z_dim``) as
+* ``gancore_build_models`` adds F (an MLP mirroring G: ``data_dim → width×depth → z_dim`` less
+  ``extra_noise``) as
   ``models["F"]`` of the G player, so G's optimizer trains it and checkpoints save it, and
-  replaces D by a joint critic (``Discriminator.mlp`` on ``z_dim + data_dim`` inputs; image
+  replaces D by a joint critic (``Discriminator.mlp`` on the paired noise and ``data_dim`` inputs; image
   samples are flattened, for F and for the critic alike). It runs first among plugins, so
   others (minibatch head, packing) reshape the joint critic.
-* ``gancore_discriminator_batch`` (also first) makes the pairs: ``cat([z, x], dim=1)``, z first.
+* ``gancore_discriminator_batch`` (also first) makes the pairs: ``cat([z, x], dim=1)``, z first
+  (z without its ``extra_noise`` values).
   D phase: real ← (a sample of F(x), detached; x), fake ← (z, G(z)); G phase: fake ← (z, G(z)) with G's gradient.
 * ``gancore_generator_loss`` sets ``terms["adversarial"]`` as above and adds
   ``terms["reconstruction"] = weight · mean_i d(z_i, F(G(z_i)))`` (summed over the z dimensions,
@@ -128,6 +137,7 @@ class Veegan:
         self.weight = 1.0
         self.adversarial = "logit"
         self.learned_scale = True
+        self.paired = 0  # z's first `paired` values are what F reconstructs and the critic reads
         self._g_phase: tuple[object, torch.Tensor] | None = None  # (batch, G(z) with gradient)
 
     @hookimpl
@@ -142,6 +152,11 @@ class Veegan:
             choices=("learned", "unit"),
         )
         options.add(
+            "extra_noise", int, 0,
+            "trailing noise values of z that G reads but F does not reconstruct and the critic does not see "
+            "(the official code: 1, its eps beside 254 reconstructed values)", min=0,
+        )
+        options.add(
             "adversarial", str, "logit",
             "G's adversarial term: 'logit' = −mean critic logit on (z, G(z)) (VEEGAN's KL estimate), 'core' = train.loss's G loss",
             choices=("logit", "core"),
@@ -151,7 +166,10 @@ class Veegan:
     def gancore_configure(self, config, options):
         if options.weight <= 0:
             raise GancoreError(f"veegan.weight={options.weight:g}: must be positive (F learns from the reconstruction term only)")
+        if options.extra_noise >= config.train.z_dim:
+            raise GancoreError(f"veegan.extra_noise={options.extra_noise} must be below train.z_dim={config.train.z_dim}: F needs noise to reconstruct")
         self.weight = options.weight
+        self.paired = config.train.z_dim - options.extra_noise
         self.adversarial = options.adversarial
         self.learned_scale = options.scale == "learned"
         self.options = options
@@ -163,12 +181,13 @@ class Veegan:
         train, options = config.train, self.options
         width = options.width or train.g_width
         depth = options.depth or train.g_depth
-        models.add("F", Reconstructor(dataset.dim, train.z_dim, width, depth, train.activation, self.learned_scale), player="G")
-        models.D = Discriminator.mlp(train.z_dim + dataset.dim, train.d_width, train.d_depth, train.activation, train.d_maxout)
+        models.add("F", Reconstructor(dataset.dim, self.paired, width, depth, train.activation, self.learned_scale), player="G")
+        models.D = Discriminator.mlp(self.paired + dataset.dim, train.d_width, train.d_depth, train.activation, train.d_maxout)
 
     @hookimpl(tryfirst=True)
     def gancore_check_models(self, batch):
-        batch.real, batch.fake = pair(batch.z, batch.real), pair(batch.z, batch.fake)  # what the critic reads
+        z = batch.z[:, :self.paired]
+        batch.real, batch.fake = pair(z, batch.real), pair(z, batch.fake)  # what the critic reads
 
     @hookimpl(tryfirst=True)
     def gancore_discriminator_batch(self, trainer, batch):
@@ -177,10 +196,9 @@ class Veegan:
                 mean, log_scale = trainer.models["F"].distribution(batch.real)
                 noise = torch.randn(mean.shape, device=mean.device, generator=trainer.generator)
             batch.real = pair(mean + log_scale.exp() * noise, batch.real)
-            batch.fake = pair(batch.z, batch.fake)
         else:
             self._g_phase = (batch, batch.fake)  # G(z) before any other plugin changes what D sees
-            batch.fake = pair(batch.z, batch.fake)
+        batch.fake = pair(batch.z[:, :self.paired], batch.fake)
 
     @hookimpl(tryfirst=True)
     def gancore_generator_loss(self, trainer, batch, fake, terms):
@@ -189,20 +207,23 @@ class Veegan:
         if self._g_phase is not None and self._g_phase[0] is batch:
             x_fake = self._g_phase[1]
         else:  # not made by our discriminator_batch: G(z) is the data half of the pair
-            x_fake = batch.fake[:, trainer.train.z_dim:]
+            x_fake = batch.fake[:, self.paired:]
         self._g_phase = None
         mean, log_scale = trainer.models["F"].distribution(x_fake)
+        z = batch.z[:, :self.paired]
         if self.learned_scale:
-            terms["reconstruction"] = self.weight * gaussian_nll(batch.z, mean, log_scale)
+            terms["reconstruction"] = self.weight * gaussian_nll(z, mean, log_scale)
         else:
-            terms["reconstruction"] = self.weight * reconstruction_error(batch.z, mean)
+            terms["reconstruction"] = self.weight * reconstruction_error(z, mean)
 
     @hookimpl
     def gancore_evaluate(self, trainer, step, metrics):
         generator = trainer.evaluation_generator(salt=7)  # noise of its own, not the scored samples
         z = trainer.noise(trainer.eval_samples, generator)
         with torch.no_grad():
-            error = reconstruction_error(z, trainer.models["F"](trainer.models.G(z)))
+            x = trainer.models.G(z)
+            z = z[:, :self.paired]
+            error = reconstruction_error(z, trainer.models["F"](x))
         metrics["reconstruction_error"] = round(float(error), 6)
         metrics["reconstruction_error_relative"] = round(float(error / z.pow(2).sum(dim=1).mean()), 6)
 
@@ -237,7 +258,7 @@ def encode(run_dir: str | Path, points, catalog=None, chunk: int = 65536) -> np.
     :param run_dir: a run directory trained with ``--plugin veegan`` (its last checkpoint is used).
     :param points: array-like of shape (n, data_dim), or (n,) for 1-D data.
     :param catalog: the plugin catalog (default: every installed plugin).
-    :return: float32 array of shape (n, z_dim).
+    :return: float32 array of shape (n, z_dim − veegan.extra_noise).
     """
     from gancore.manager import Catalog
     from gancore.rundir import open_trainer

@@ -267,6 +267,12 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
         "Our rows: mean ± std over seeds (std with n − 1); wall time: building and training one run and its final "
         "evaluation, on one CPU thread. Published rows are the papers' means (PacGAN: 10 runs).",
         "",
+        "Fidelity: `PAPERS.md` compares each remedy's plugin with its paper's official code line by line, and the paper "
+        "recipes (source \"paper: ...\" in `gancore recipes`) hold the official settings. The rows named `veegan` and "
+        "`unrolled` below run the plugins' defaults, which depart from the official code (veegan.scale=learned, "
+        "veegan.extra_noise=0, D 2x128; unrolled.objective=core, ReLU nets), and the shared optimizer: they are not "
+        "reproductions of the published rows.",
+        "",
     ]
     if not datasets:
         lines += ["No run is stored yet.", ""]

@@ -29,10 +29,10 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def build(make_trainer, plugins=("unrolled",), steps=2, warmup=2, extra=None, train=None):
+def build(make_trainer, plugins=("unrolled",), steps=2, warmup=2, extra=None, train=None, unrolled=None):
     data = load_dataset("ring8", "", TINY["n_train"], 0)
     data.points = data.points.to(torch.get_default_dtype())  # from the start: plugins' model checks run on it
-    trainer = make_trainer(list(plugins), extra=extra, train={**SMOOTH, **(train or {})}, options={"unrolled": {"steps": steps}} if "unrolled" in plugins else None, dataset=data)
+    trainer = make_trainer(list(plugins), extra=extra, train={**SMOOTH, **(train or {})}, options={"unrolled": {"steps": steps, **(unrolled or {})}} if "unrolled" in plugins else None, dataset=data)
     for _ in range(warmup):
         trainer.train_step()
     return trainer
@@ -62,8 +62,9 @@ def real_of(trainer):
     return real
 
 
-def reference_objective(trainer, batch, steps, backprop=True):
-    """The unrolled objective written out: per-parameter Adam as in torch.optim.Adam's docs, plain autograd."""
+def reference_objective(trainer, batch, steps, backprop=True, saddle=False):
+    """The unrolled objective written out: per-parameter Adam as in torch.optim.Adam's docs, plain autograd;
+    ``saddle``: −L_D(θₖ) on the unroll's real batch and the fake one, instead of G's loss on the fake one."""
     D, opt = trainer.models.D, trainer.optimizers["D"]
     group = opt.param_groups[0]
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
@@ -85,7 +86,10 @@ def reference_objective(trainer, batch, steps, backprop=True):
             m_hat, v_hat = m[name] / (1 - beta1**t), v[name] / (1 - beta2**t)
             new[name] = p - lr * m_hat / (v_hat.sqrt() + eps)
         params = new if backprop else {name: p.detach().requires_grad_() for name, p in new.items()}
-    return trainer.loss.generator(functional_call(D, {**params, **buffers}, (fake,)).logits)
+    fake_logits = functional_call(D, {**params, **buffers}, (fake,)).logits
+    if saddle:
+        return -trainer.loss.discriminator(functional_call(D, {**params, **buffers}, (real,)).logits, fake_logits)
+    return trainer.loss.generator(fake_logits)
 
 
 def g_grad(loss, trainer):
@@ -282,3 +286,30 @@ def test_unsupported_optimizer_is_a_one_line_error(make_trainer):
     with pytest.raises(GancoreError, match="RMSprop") as error:
         trainer.train_step()
     assert "\n" not in str(error.value)
+
+
+def test_the_saddle_objective_is_d_s_whole_unrolled_loss_real_term_included(make_trainer, float64):
+    """objective = "saddle": G minimizes −L_D(θₖ; x, G(z)), as poolio/unrolled_gan's −unrolled_loss; the real
+    term reaches G through θₖ, so G's gradient differs from the minimax G loss on the fake batch alone."""
+    trainer = build(make_trainer, steps=3, unrolled={"objective": "saddle"})
+    plugin = trainer.run.manager.get_plugin("unrolled")
+
+    def saddle(batch):
+        state = trainer.generator.get_state()
+        critic = unroll(trainer, batch, 3)
+        trainer.generator.set_state(state)
+        fake = critic(batch.fake)
+        terms = {"adversarial": trainer.loss.generator(fake.logits)}
+        plugin.gancore_generator_loss(trainer=trainer, fake=fake, critic=critic, terms=terms)
+        return terms["adversarial"]
+
+    exact = g_grad(saddle(g_batch(trainer)), trainer)
+    torch.testing.assert_close(exact, g_grad(reference_objective(trainer, g_batch(trainer), 3, saddle=True), trainer), rtol=1e-9, atol=1e-13)
+    core = g_grad(reference_objective(trainer, g_batch(trainer), 3), trainer)
+    assert (exact - core).norm() > 0.05 * core.norm()
+    # without the real term: the minimax G loss −softplus(ℓ_fake) at θₖ, also a different gradient
+    batch, state = g_batch(trainer), trainer.generator.get_state()
+    critic = unroll(trainer, batch, 3)
+    trainer.generator.set_state(state)
+    fake_only = g_grad(-torch.nn.functional.softplus(critic(batch.fake).logits).mean(), trainer)
+    assert (exact - fake_only).norm() > 0.05 * exact.norm()

@@ -163,3 +163,33 @@ def test_encode_maps_points_through_the_saved_reconstructor(capsys, tmp_path):
     assert run_cli(capsys, "train", *CLI_TINY, "--out", str(tmp_path))[0] == 0
     code, _, err = run_cli(capsys, "encode", str(tmp_path / "ring8-vanilla-s0"), "--data", str(data), "--out", str(tmp_path / "v.npy"))
     assert code == 2 and "not trained with --plugin veegan" in err
+
+
+def linears(net):
+    return [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_extra_noise_is_read_by_g_but_neither_reconstructed_nor_paired(make_trainer):
+    """The official code's G reads 254 reconstructed noise values plus 1 eps that F and the critic never see."""
+    trainer = make_trainer(["veegan"], options={"veegan": {"extra_noise": 1, "scale": "unit"}})
+    F, D, G = trainer.models["F"], trainer.models.D, trainer.models.G
+    assert linears(G)[0].in_features == Z_DIM  # G reads all of z
+    assert linears(F)[-1].out_features == Z_DIM - 1 and linears(D)[0].in_features == Z_DIM - 1 + 2
+    seen = []
+    D.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    recorded = {}
+
+    class Record:
+        @hookimpl(trylast=True)
+        def gancore_generator_loss(self, trainer, batch, fake, terms):
+            with torch.no_grad():
+                error = ((batch.z[:, :Z_DIM - 1] - F(G(batch.z))) ** 2).sum(dim=1).mean()
+            recorded.update(term=float(terms["reconstruction"]), expected=float(error), z=batch.z)
+
+    trainer.run.manager.register(Record(), "record")
+    trainer.train_step()
+    assert recorded["term"] == pytest.approx(recorded["expected"], rel=1e-5)  # ‖z[:, :-1] − μ(G(z))‖², the last value left out
+    g_pair = seen[-1]  # the G phase's (z without its eps, G(z))
+    assert g_pair.shape[1] == Z_DIM - 1 + 2 and torch.equal(g_pair[:, :Z_DIM - 1], recorded["z"][:, :Z_DIM - 1])
+    with pytest.raises(GancoreError, match=r"^veegan\.extra_noise=4 must be below train\.z_dim=4"):
+        make_trainer(["veegan"], options={"veegan": {"extra_noise": Z_DIM}})

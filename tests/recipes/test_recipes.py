@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from cli_helpers import TINY_FLAGS, run_cli
 from gancore.config import read_toml
@@ -17,7 +18,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BUILTIN = {"benchmark-vanilla", "ring8-best", "grid25-best", "hd1200-best"}
+BENCHMARK_FOUND = {"benchmark-vanilla", "ring8-best", "grid25-best", "hd1200-best"}
+PAPER = {"veegan-paper", "gan-veegan-table", "unrolled-paper", "wgan-gp-paper", "pacgan2-paper", "pacgan3-paper", "pacgan4-paper"}
+BUILTIN = BENCHMARK_FOUND | PAPER
 OUTSIDE = '''
     [recipe]
     description = "pacgan with packs of 3 on wide nets"
@@ -57,7 +60,8 @@ def test_the_builtin_recipes_are_listed_with_description_source_and_scores(capsy
     names = {line.split()[0] for line in out.splitlines() if not line.startswith(" ")}
     assert names == BUILTIN
     assert "grid25-best  grid25's best row: pacgan (m = 2)" in out
-    assert out.count("    source: found by the benchmark") == 4
+    assert out.count("    source: found by the benchmark") == len(BENCHMARK_FOUND)
+    assert out.count("    source: paper: ") == len(PAPER)
     assert "\n    measured on grid25: " in out  # gancore/recipes/scores.toml, which the benchmark's report writes
 
 
@@ -145,7 +149,7 @@ def test_an_unknown_recipe_lists_the_available_ones(capsys, tmp_path):
     for argv in (["recipes", "ring9-best"], ["train", "--recipe", "ring9-best", "--out", str(tmp_path)]):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and not out
-        assert err == "gancore: error: unknown recipe 'ring9-best' (available: benchmark-vanilla, grid25-best, hd1200-best, ring8-best); see `gancore recipes`\n"
+        assert err == f"gancore: error: unknown recipe 'ring9-best' (available: {', '.join(sorted(BUILTIN))}); see `gancore recipes`\n"
     assert not any(tmp_path.iterdir())
 
 
@@ -228,3 +232,33 @@ def test_a_config_file_recipe_table_must_hold_one_name(tmp_path):
     path.write_text('[recipe]\nname = "ring8-best"\nsteps = 3\n')
     with pytest.raises(GancoreError, match=r"\[recipe\] holds one key, name = \"RECIPE\""):
         read_toml(path)
+
+
+def _first_linear(module):
+    return next(m for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_every_paper_recipe_names_paper_and_official_code_and_builds_on_its_datasets(name):
+    """A paper recipe cites the paper (and table) and the official code, and a trainer builds from it, unchanged
+    but for the per-run dataset, on each dataset it lists: the plugins' own checks (pack size against the batch,
+    extra noise against z_dim) and the model checks pass."""
+    from gancore.manager import Catalog
+    from gancore.recipes import RecipeBook
+    from gancore.trainer import Trainer
+
+    recipe, catalog = RecipeBook.installed().get(name), Catalog.installed()
+    assert recipe.source.startswith("paper: ") and "Table" in recipe.source and "code: " in recipe.source
+    assert recipe.datasets and set(recipe.datasets) <= {"ring8", "grid25", "hd1200"}
+    for dataset in recipe.datasets:
+        enabled, values = recipe.layers()
+        values["train"].update(dataset=dataset, n_train=600, device="cpu")
+        trainer = Trainer(catalog.resolve(enabled, values), progress=False)
+        dim = trainer.dataset.dim
+        if name == "veegan-paper":  # 254 reconstructed noise values + 1 eps; the critic reads (z[:254], x)
+            assert _first_linear(trainer.models.G).in_features == 255
+            assert trainer.models["F"].net[-1].out_features == 254
+            assert _first_linear(trainer.models.D).in_features == 254 + dim
+        if name.startswith("pacgan"):  # D's width stays 200 whatever m; its input reads m samples
+            m = int(name[len("pacgan")])
+            assert trainer.train.batch_size == 100 * m and _first_linear(trainer.models.D).in_features == m * dim
