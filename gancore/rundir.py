@@ -267,6 +267,18 @@ def _settings(config: dict) -> dict:
     return flat
 
 
+def _built_from(build: Callable | None) -> str:
+    return "the run's config.toml" if build is None else "the networks and settings this call gives"
+
+
+def _first_problem(error: BaseException) -> str:
+    """torch's ``load_state_dict`` error is a header line, then one line per problem: keep the first problem."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return one_line(f"{lines[0]} {lines[1]}", 300)
+    return one_line(error, 160)
+
+
 def given_to_fit(path: Path) -> dict:
     """What gancore.fit was given for the run at ``path`` and config.toml cannot hold ({} if nothing)."""
     given = _run_json(path).get("given", {})
@@ -316,9 +328,9 @@ def open_trainer(
         try:
             trainer.load_state_dict(state)
         except CheckpointMismatch as error:
-            raise GancoreError(f"checkpoint {checkpoint} does not match the run's config.toml: {error}") from None
+            raise GancoreError(f"checkpoint {checkpoint} does not match {_built_from(build)}: {error}") from None
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as error:
-            raise GancoreError(f"checkpoint {checkpoint} does not match the run's config.toml ({one_line(error, 160)})") from None
+            raise GancoreError(f"checkpoint {checkpoint} does not match {_built_from(build)} ({_first_problem(error)})") from None
     trainer.output = RunDirectory(path)
     return trainer
 

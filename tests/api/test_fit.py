@@ -253,3 +253,16 @@ def test_a_recipe_trains_as_the_command_line_recipe_and_is_recorded(tmp_path, ca
     assert_same_models(state_of(result), final_state(tmp_path / "cli")["models"])
     with pytest.raises(GancoreError, match="no-such-recipe"):
         gancore.fit(recipe="no-such-recipe", progress=False, **SETTINGS)
+
+
+def test_resuming_with_a_resized_network_of_the_same_class_names_the_parameter(tmp_path):
+    def mlp(width):
+        return nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))
+
+    settings, points = {**SETTINGS, "steps": 10}, torch.randn(200, 2)
+    gancore.fit(mlp(8), None, points, run_dir=tmp_path / "run", progress=False, **settings)
+    with pytest.raises(GancoreError) as error:
+        gancore.fit(mlp(16), None, points, run_dir=tmp_path / "run", resume=True, progress=False, **settings)
+    message = str(error.value)
+    assert "does not match the networks and settings this call gives" in message and "config.toml" not in message
+    assert "size mismatch for" in message and "\n" not in message
