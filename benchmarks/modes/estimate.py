@@ -58,10 +58,11 @@ def estimate(catalog: Catalog, pending: list[Task], stored: list[dict], probe: b
     A remedy with stored runs of the same settings is estimated by their mean wall time; the
     others by timing a few of their steps (and one evaluation) in this process.
     """
-    measured: dict[str, list[float]] = {}
+    # keyed by remedy too: a plugin run at its defaults requests the same settings as vanilla
+    measured: dict[tuple[str, str], list[float]] = {}
     for record in stored:
         if record.get("status") == "ok":
-            measured.setdefault(request_key(record["request"]), []).append(record["wall_seconds"])
+            measured.setdefault((record["remedy"], request_key(record["request"])), []).append(record["wall_seconds"])
     groups: dict[tuple[str, str], list[Task]] = {}
     for task in pending:
         groups.setdefault((task.dataset, task.remedy), []).append(task)
@@ -69,7 +70,7 @@ def estimate(catalog: Catalog, pending: list[Task], stored: list[dict], probe: b
     notes = []
     bar = tqdm(groups.items(), desc="timing steps", unit="remedy", leave=False, disable=not probe)
     for (dataset, remedy), tasks in bar:
-        known = measured.get(request_key(tasks[0].values))
+        known = measured.get((remedy, request_key(tasks[0].values)))
         if known:
             seconds, source = statistics.fmean(known), "stored"
         elif probe:

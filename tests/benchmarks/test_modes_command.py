@@ -420,6 +420,19 @@ def test_the_estimate_says_when_it_reused_stored_wall_times(tmp_path, capsys, mo
     assert "on 2 usable CPUs" in printed
 
 
+def test_the_estimate_reuses_only_the_same_remedys_wall_times():
+    # a plugin at its defaults requests the same settings as vanilla; vanilla's times must not stand for it
+    request = {modes_presets.CORE: {"steps": 100, "dataset": "ring8"}}
+    stored = [{"status": "ok", "remedy": "vanilla", "request": {**request, modes_presets.CORE: {**request[modes_presets.CORE], "seed": 0}},
+               "wall_seconds": 10.0},
+              {"status": "ok", "remedy": "pacgan", "request": {**request, modes_presets.CORE: {**request[modes_presets.CORE], "seed": 1}},
+               "wall_seconds": 30.0}]
+    pending = [modes.Task("ring8", remedy, plugins, 2, {modes_presets.CORE: {**request[modes_presets.CORE], "seed": 2}}, Path(f"{remedy}.json"))
+               for remedy, plugins in (("vanilla", ()), ("pacgan", ("pacgan",)), ("ema", ("ema",)))]
+    modes_estimate.estimate(Catalog(), pending, stored, probe=False)
+    assert [(task.estimate, task.estimated_from) for task in pending] == [(10.0, "stored"), (30.0, "stored"), (None, None)]
+
+
 def test_the_default_workers_are_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(modes_estimate.os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert modes.parser().parse_args([]).workers == 1
