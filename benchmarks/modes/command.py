@@ -16,7 +16,9 @@ from gancore.recipes import RecipeBook
 
 from benchmarks.modes.estimate import estimate, print_estimate
 from benchmarks.modes.plan import Plan, make_plan
-from benchmarks.modes.presets import COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, RECIPE_SCORES, BenchmarkError, load_presets
+from benchmarks.modes.presets import (
+    BUILTIN_PACKAGE, COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, RECIPE_SCORES, BenchmarkError, load_presets,
+)
 from benchmarks.modes.records import is_done, log_invocation, relative_path, stored_records, unstored_notes
 from benchmarks.modes.report import duration, write_report
 from benchmarks.modes.run import run_tasks, usable_cpus
@@ -126,7 +128,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
     still_unstored = [task for task in unstored if not is_done(task)]  # only these can have failed or been interrupted (of any build: the report counts those)
     notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks, still_unstored)
-    report = write_report(out, full, goals, argv, notes, scores=RECIPE_SCORES if out.resolve() == DEFAULT_OUT.resolve() else None)
+    builtins = [name for name, info in catalog.plugins.items() if info.package == BUILTIN_PACKAGE]
+    report = write_report(out, full, goals, argv, notes, scores=RECIPE_SCORES if out.resolve() == DEFAULT_OUT.resolve() else None,
+                          builtins=builtins)
     failed = sum(1 for record in records if record["status"] != "ok")
     print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {relative_path(report)}, results.json and the pictures")
     if interrupted:

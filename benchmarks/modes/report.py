@@ -238,9 +238,10 @@ def dataset_order(names: Iterable[str], presets: Presets | None) -> list[str]:
 
 
 def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], argv: list[str], notes: list[str],
-                 scores: Path | None = None) -> Path:
+                 scores: Path | None = None, builtins: Iterable[str] = ()) -> Path:
     """Regenerate RESULTS.md, results.json and samples_<dataset>.png in ``out`` from every stored run;
-    with ``scores``, write there what each recipe's rows measured (gancore/recipes/scores.toml)."""
+    with ``scores``, write there what each recipe's rows measured (gancore/recipes/scores.toml).
+    ``builtins``: the built-in plugins, each given a verdict against vanilla (also those with no row)."""
     records = stored_records(out)
     rows_by_dataset = build_rows(records)
     book = RecipeBook.installed()
@@ -277,6 +278,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     if not datasets:
         lines += ["No run is stored yet.", ""]
     lines += _recipe_tables(book, datasets, rows_by_dataset, recipes, published, formats)
+    lines += remedy_verdicts(rows_by_dataset, recipes, builtins)
     for dataset in datasets:
         rows = rows_by_dataset[dataset]
         n_modes = rows[0].n_modes
@@ -412,6 +414,54 @@ def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[
                 lines.append(f"| *paper:* {paper['method']} | {paper['source']} | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
         lines.append("")
     return lines
+
+
+VERDICT_DATASETS = ("ring8", "grid25")  # issue 23: a remedy's best settings must beat vanilla's on both
+VERDICT_HQ_SLACK = 5.0  # HQ points a remedy may lose while it gains modes
+
+
+def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], builtins: Iterable[str] = ()) -> list[str]:
+    """Per built-in remedy, a plain verdict: does one of its rows, the remedy alone (core settings of
+    its own allowed), have more modes than vanilla on every verdict dataset while losing at most
+    VERDICT_HQ_SLACK HQ points? Its best such row per dataset, or its best row where none does."""
+    datasets = [name for name in VERDICT_DATASETS if any(row.remedy == VANILLA for row in rows_by_dataset.get(name, []))]
+    if not datasets:
+        return []
+    names = sorted(set(builtins) | {plugin for name in datasets for row in rows_by_dataset[name] for plugin in row.plugins})
+    vanilla = {name: next(row for row in rows_by_dataset[name] if row.remedy == VANILLA) for name in datasets}
+    lines = ["## Each remedy against vanilla", "",
+             f"A remedy beats vanilla when one of its rows (the remedy alone, with core settings of its own allowed: "
+             f"`NAME+train[...]` rows count, combinations with other plugins do not) has more modes than vanilla's row "
+             f"(the recipe `benchmark-vanilla`) on {' and '.join(datasets)}, losing at most {VERDICT_HQ_SLACK:g} HQ points. "
+             "Each cell shows its best row that does (else its best row: most modes, then HQ), mean over the seeds stored. "
+             "These rows were not searched per remedy on held-out seeds: each is a row of the tables below, with the settings "
+             "benchmarks/README.md gives the reasons for.", "",
+             "| remedy | " + " | ".join(f"{name} (vanilla {vanilla[name].modes[0]:.1f} / {vanilla[name].hq[0]:.1f}%)" for name in datasets)
+             + " | rows tried | verdict |",
+             "|---|" + "---|" * len(datasets) + "---|---|"]
+    for plugin in names:
+        cells, beaten, tried = [], [], 0
+        for name in datasets:
+            own = [row for row in rows_by_dataset[name] if row.plugins == [plugin]]
+            tried += len(own)
+            base_modes, base_hq = vanilla[name].modes[0], vanilla[name].hq[0]
+            wins = [row for row in own if row.modes[0] > base_modes and row.hq[0] >= base_hq - VERDICT_HQ_SLACK]
+            best = max(wins or own, key=lambda row: (row.modes[0], row.hq[0]), default=None)
+            if best is None:
+                cells.append("no row")
+                continue
+            label = recipes.get((name, best.remedy), best.remedy)
+            cells.append(f"{'**yes**' if wins else 'no'}: {label} {best.modes[0]:.1f} / {best.hq[0]:.1f}% ({len(best.records)} seeds, {best.steps} steps)")
+            if wins:
+                beaten.append(name)
+        if not tried:
+            verdict = "not run"
+        elif len(beaten) == len(datasets):
+            verdict = "**beats vanilla**"
+        else:
+            verdict = "does not beat vanilla" + (f" (only on {', '.join(beaten)})" if beaten else "")
+        lines.append(f"| {plugin} | {' | '.join(cells)} | {tried} | {verdict} |")
+    return lines + [""]
 
 
 def recipe_scores_toml(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], command: str) -> str:
