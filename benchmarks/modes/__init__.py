@@ -20,6 +20,8 @@ One module per job, each readable alone:
     records.py   stored runs (OUT/runs/), keyed by settings, and the log of invocations
     run.py       one run in a worker process, and the pool
     estimate.py  the time estimate before running
+    rows.py      a report row (one remedy, one dataset, its seeds) and how its numbers are written
+    verdicts.py  each built-in remedy against vanilla (a section of RESULTS.md)
     report.py    RESULTS.md and results.json
     pictures.py  samples_<dataset>.png
     command.py   the command line
@@ -28,7 +30,8 @@ from benchmarks.modes.command import main, parser
 from benchmarks.modes.plan import Plan, Task, make_plan, run_values
 from benchmarks.modes.presets import BenchmarkError, load_presets, parse_remedy, plugin_names, remedy_name
 from benchmarks.modes.records import stored_records, unstored_notes
-from benchmarks.modes.report import Row, load_published, write_report
+from benchmarks.modes.report import load_published, write_report
+from benchmarks.modes.rows import Row
 
 __all__ = [
     "BenchmarkError", "Plan", "Row", "Task", "load_presets", "load_published", "main", "make_plan", "parse_remedy",

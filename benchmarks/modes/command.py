@@ -20,7 +20,8 @@ from benchmarks.modes.presets import (
     BUILTIN_PACKAGE, COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, RECIPE_SCORES, BenchmarkError, load_presets,
 )
 from benchmarks.modes.records import is_done, log_invocation, relative_path, stored_records, unstored_notes
-from benchmarks.modes.report import duration, write_report
+from benchmarks.modes.report import write_report
+from benchmarks.modes.rows import duration
 from benchmarks.modes.run import run_tasks, usable_cpus
 
 

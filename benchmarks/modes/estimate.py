@@ -16,7 +16,7 @@ from gancore.manager import Catalog
 from benchmarks.modes.plan import Task
 from benchmarks.modes.presets import WORKER_START_SECONDS
 from benchmarks.modes.records import request_key
-from benchmarks.modes.report import display_order, duration
+from benchmarks.modes.rows import display_order, duration
 from benchmarks.modes.run import usable_cpus
 
 

@@ -18,7 +18,7 @@ from benchmarks.modes.presets import PICTURE_IMAGES, PICTURE_SEED
 from benchmarks.modes.run import picture_view
 
 if TYPE_CHECKING:
-    from benchmarks.modes.report import Row
+    from benchmarks.modes.rows import Row
 
 
 def draw_dataset(path: Path, dataset: str, rows: list[Row]) -> bool:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from gancore.data import DATASET_NAMES
 from gancore.recipes import RecipeBook
 
 from benchmarks.modes.pictures import draw_dataset
+from benchmarks.modes.rows import Row, display_order, duration, has_hq, kl_cell, kl_key, mean_std, pm
+from benchmarks.modes.verdicts import remedy_verdicts
 from benchmarks.modes.plan import run_values
 from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, BenchmarkError, Goal, Presets, parse_remedy, part_options, recipe_parts, remedy_name
 from benchmarks.modes.records import (
@@ -27,90 +28,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    if not values:
-        return math.nan, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-@dataclass
-class Row:
-    """One remedy on one dataset, over its stored seeds."""
-
-    remedy: str
-    plugins: list[str]
-    records: list[dict]
-
-    def values(self, key: str) -> list[float]:
-        return [record["metrics"][key] for record in self.records if record["metrics"].get(key) is not None]
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(record["seed"] for record in self.records)
-
-    @property
-    def n_modes(self) -> int:
-        return self.records[0]["metrics"]["n_modes"]
-
-    @property
-    def modes(self) -> tuple[float, float | None]:
-        return _mean_std(self.values("modes_captured"))
-
-    @property
-    def hq(self) -> tuple[float, float | None]:
-        return _mean_std(self.values("hq_percent"))
-
-    @property
-    def kl(self) -> tuple[float, float | None]:
-        """Mean and std of reverse KL over the seeds that have one (NaN when none has)."""
-        return _mean_std(self.values("reverse_kl"))
-
-    @property
-    def steps(self) -> str:
-        """Training steps of the seeds ("a/b" if they differ)."""
-        return "/".join(str(n) for n in sorted({record["settings"][CORE]["steps"] for record in self.records}))
-
-    @property
-    def wall(self) -> float:
-        return statistics.fmean(record["wall_seconds"] for record in self.records)
-
-
-def _pm(mean: float, std: float | None, digits: int) -> str:
-    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
-
-
-def _kl_cell(row: Row, with_std: bool = False) -> str:
-    kls = row.values("reverse_kl")
-    if not kls:
-        return "n/a"
-    text = _pm(*row.kl, 3) if with_std else f"{statistics.fmean(kls):.3f}"
-    return text if len(kls) == len(row.records) else f"{text} ({len(kls)} of {len(row.records)}†)"
-
-
-def has_hq(rows: list[Row]) -> bool:
-    """Whether the dataset's protocol scores high quality (the mixtures); if not, modes and KL are its metrics (stacked-digits)."""
-    return any("hq_percent" in record["metrics"] for row in rows for record in row.records)
-
-
-def _kl_key(row: Row) -> float:
-    """Reverse KL for ranking: lower is better, none is worst."""
-    kl = row.kl[0]
-    return math.inf if math.isnan(kl) else kl
-
-
-def display_order(remedy: str) -> tuple:
-    return (remedy != VANILLA, remedy.count("+"), remedy)
-
 
 def load_published(path: Path = PUBLISHED) -> list[dict]:
     try:
@@ -196,7 +113,7 @@ def _plugin_metric_lines(rows: list[Row]) -> list[str]:
             key for record in row.records for key, value in record["metrics"].items()
             if key not in core and not key.startswith("loss_") and isinstance(value, (int, float)) and not isinstance(value, bool)
         })
-        cells = [f"{key} {_pm(*_mean_std(row.values(key)), 3)}" for key in names]
+        cells = [f"{key} {pm(*mean_std(row.values(key)), 3)}" for key in names]
         if cells:
             lines.append(f"- {row.remedy}: {', '.join(cells)}")
     return lines
@@ -252,7 +169,6 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     failed = [r for r in records if r.get("status") == "failed"]
     invocations = read_invocations(out)
     command = " ".join([COMMAND, *map(shlex.quote, argv)])
-    rel_out = relative_path(out)
 
     lines = [
         "# Does the remedy recover the modes? Mode coverage of every remedy, with the papers' figures",
@@ -298,9 +214,9 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
             # a row is named by its recipe; vanilla keeps its name, the one every note compares with
             label = row.remedy if row.remedy == VANILLA else recipes.get((dataset, row.remedy), row.remedy)
             name = label + (f" ({diverged} diverged‡)" if diverged else "")
-            hq_cell = _pm(*hq, 1) if hq_metric else "—"
+            hq_cell = pm(*hq, 1) if hq_metric else "—"
             steps_cell = f" {row.steps} |" if steps_column else ""
-            lines.append(f"| {name} | {_pm(*modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=not hq_metric)} |{steps_cell} {row.wall:.1f} | {len(row.records)} |")
+            lines.append(f"| {name} | {pm(*modes, 1)} | {hq_cell} | {kl_cell(row, with_std=not hq_metric)} |{steps_cell} {row.wall:.1f} | {len(row.records)} |")
         note, label = formats.get(dataset, {}).get("note", ""), formats.get(dataset, {}).get("label", "")
         label = f"*published ({label}):*" if label else "*published:*"
         any_published = False
@@ -404,8 +320,8 @@ def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[
                   "|---|---|---|---|---|---|---|"]
         for row in rows:
             name = recipes[(dataset, row.remedy)]
-            hq_cell = _pm(*row.hq, 1) if hq_metric else "—"
-            lines.append(f"| {name} | {book.recipes[name].source} | {_pm(*row.modes, 1)} | {hq_cell} | {_kl_cell(row, with_std=True)} | "
+            hq_cell = pm(*row.hq, 1) if hq_metric else "—"
+            lines.append(f"| {name} | {book.recipes[name].source} | {pm(*row.modes, 1)} | {hq_cell} | {kl_cell(row, with_std=True)} | "
                          f"{row.wall / 60:.1f} | {len(row.records)} |")
         for paper in published:
             numbers = published_values(paper, dataset, formats)
@@ -414,54 +330,6 @@ def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[
                 lines.append(f"| *paper:* {paper['method']} | {paper['source']} | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
         lines.append("")
     return lines
-
-
-VERDICT_DATASETS = ("ring8", "grid25")  # issue 23: a remedy's best settings must beat vanilla's on both
-VERDICT_HQ_SLACK = 5.0  # HQ points a remedy may lose while it gains modes
-
-
-def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], builtins: Iterable[str] = ()) -> list[str]:
-    """Per built-in remedy, a plain verdict: does one of its rows, the remedy alone (core settings of
-    its own allowed), have more modes than vanilla on every verdict dataset while losing at most
-    VERDICT_HQ_SLACK HQ points? Its best such row per dataset, or its best row where none does."""
-    datasets = [name for name in VERDICT_DATASETS if any(row.remedy == VANILLA for row in rows_by_dataset.get(name, []))]
-    if not datasets:
-        return []
-    names = sorted(set(builtins) | {plugin for name in datasets for row in rows_by_dataset[name] for plugin in row.plugins})
-    vanilla = {name: next(row for row in rows_by_dataset[name] if row.remedy == VANILLA) for name in datasets}
-    lines = ["## Each remedy against vanilla", "",
-             f"A remedy beats vanilla when one of its rows (the remedy alone, with core settings of its own allowed: "
-             f"`NAME+train[...]` rows count, combinations with other plugins do not) has more modes than vanilla's row "
-             f"(the recipe `benchmark-vanilla`) on {' and '.join(datasets)}, losing at most {VERDICT_HQ_SLACK:g} HQ points. "
-             "Each cell shows its best row that does (else its best row: most modes, then HQ), mean over the seeds stored. "
-             "These rows were not searched per remedy on held-out seeds: each is a row of the tables below, with the settings "
-             "benchmarks/README.md gives the reasons for.", "",
-             "| remedy | " + " | ".join(f"{name} (vanilla {vanilla[name].modes[0]:.1f} / {vanilla[name].hq[0]:.1f}%)" for name in datasets)
-             + " | rows tried | verdict |",
-             "|---|" + "---|" * len(datasets) + "---|---|"]
-    for plugin in names:
-        cells, beaten, tried = [], [], 0
-        for name in datasets:
-            own = [row for row in rows_by_dataset[name] if row.plugins == [plugin]]
-            tried += len(own)
-            base_modes, base_hq = vanilla[name].modes[0], vanilla[name].hq[0]
-            wins = [row for row in own if row.modes[0] > base_modes and row.hq[0] >= base_hq - VERDICT_HQ_SLACK]
-            best = max(wins or own, key=lambda row: (row.modes[0], row.hq[0]), default=None)
-            if best is None:
-                cells.append("no row")
-                continue
-            label = recipes.get((name, best.remedy), best.remedy)
-            cells.append(f"{'**yes**' if wins else 'no'}: {label} {best.modes[0]:.1f} / {best.hq[0]:.1f}% ({len(best.records)} seeds, {best.steps} steps)")
-            if wins:
-                beaten.append(name)
-        if not tried:
-            verdict = "not run"
-        elif len(beaten) == len(datasets):
-            verdict = "**beats vanilla**"
-        else:
-            verdict = "does not beat vanilla" + (f" (only on {', '.join(beaten)})" if beaten else "")
-        lines.append(f"| {plugin} | {' | '.join(cells)} | {tried} | {verdict} |")
-    return lines + [""]
 
 
 def recipe_scores_toml(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], command: str) -> str:
@@ -520,7 +388,7 @@ class _SecondMetric:
     both_label: str  # the group of remedies better on modes and on this metric
 
     def of(self, row: Row) -> tuple[float, float | None]:
-        return _mean_std(row.values(self.key))
+        return mean_std(row.values(self.key))
 
     def rank(self, row: Row) -> float:
         """Higher ranks better; a row without the metric ranks last."""
@@ -602,7 +470,7 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
             b_hq, b_kl = best.hq[0], best.kl[0]
             if goal.hq_percent is not None and not b_hq >= goal.hq_percent:
                 misses.append("no HQ measure on this dataset" if math.isnan(b_hq) else f"{goal.hq_percent - b_hq:.1f} HQ points short")
-            if goal.kl is not None and not _kl_key(best) <= goal.kl:
+            if goal.kl is not None and not kl_key(best) <= goal.kl:
                 misses.append("no reverse KL" if math.isnan(b_kl) else f"reverse KL {b_kl - goal.kl:.3f} above")
             notes.append(f"- Goal ({target}) **not met**. Best remedy: {best.remedy}, {b_modes:.1f}/{n_modes} modes and {b_text}: "
                          f"{' and '.join(misses)}; {per_seed} of its {len(best.records)} seeds meet the goal.")

@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not 
 
 from benchmarks import modes  # noqa: E402
 from benchmarks.modes import estimate as modes_estimate, pictures as modes_pictures, presets as modes_presets, report as modes_report  # noqa: E402
+from benchmarks.modes import verdicts as modes_verdicts  # noqa: E402
 from gancore.manager import Catalog  # noqa: E402
 
 TINY = """
@@ -447,7 +448,7 @@ def test_each_remedy_gets_a_verdict_against_vanilla_from_its_own_rows():
                        row("grid25", "pacgan", [(20, 80.0)]),                # -6 HQ points: does not ...
                        row("grid25", "pacgan+train[g_width=400]", [(19, 85.0)]),  # ... but its own nets do
                        row("grid25", "adagan+pacgan", [(25, 99.0)])]}
-    lines = modes_report.remedy_verdicts(rows, {("ring8", "pacgan"): "ring8-best"}, builtins=["adagan", "pacgan", "ema"])
+    lines = modes_verdicts.remedy_verdicts(rows, {("ring8", "pacgan"): "ring8-best"}, builtins=["adagan", "pacgan", "ema"])
     table = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "remedy" not in line}
     assert "| ring8 (vanilla 6.5 / 95.0%) | grid25 (vanilla 17.0 / 86.0%) |" in lines[4]
     assert table["pacgan"] == ("| pacgan | **yes**: ring8-best 8.0 / 91.0% (1 seeds, 100 steps) | **yes**: pacgan+train[g_width=400] 19.0 / 85.0% "
@@ -455,9 +456,9 @@ def test_each_remedy_gets_a_verdict_against_vanilla_from_its_own_rows():
     assert table["ema"] == "| ema | no: ema 8.0 / 50.0% (1 seeds, 100 steps) | no row | 1 | does not beat vanilla |"
     assert table["adagan"] == "| adagan | no row | no row | 0 | not run |"
     rows["grid25"].pop(2)
-    table = {line.split(" | ")[0].lstrip("| "): line for line in modes_report.remedy_verdicts(rows, {}, ["pacgan"]) if line.startswith("| pacgan")}
+    table = {line.split(" | ")[0].lstrip("| "): line for line in modes_verdicts.remedy_verdicts(rows, {}, ["pacgan"]) if line.startswith("| pacgan")}
     assert table["pacgan"].endswith("| 2 | does not beat vanilla (only on ring8) |")
-    assert modes_report.remedy_verdicts({"hd1200": rows["ring8"]}, {}, ["pacgan"]) == []  # no verdict dataset
+    assert modes_verdicts.remedy_verdicts({"hd1200": rows["ring8"]}, {}, ["pacgan"]) == []  # no verdict dataset
 
 
 def test_the_default_workers_are_the_cpus_this_process_may_use(monkeypatch):

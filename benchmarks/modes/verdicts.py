@@ -1,0 +1,55 @@
+"""Each built-in remedy against vanilla: the verdict section of RESULTS.md."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from benchmarks.modes.presets import VANILLA
+from benchmarks.modes.rows import Row
+
+
+VERDICT_DATASETS = ("ring8", "grid25")  # issue 23: a remedy's best settings must beat vanilla's on both
+VERDICT_HQ_SLACK = 5.0  # HQ points a remedy may lose while it gains modes
+
+
+def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[str, str], str], builtins: Iterable[str] = ()) -> list[str]:
+    """Per built-in remedy, a plain verdict: does one of its rows, the remedy alone (core settings of
+    its own allowed), have more modes than vanilla on every verdict dataset while losing at most
+    VERDICT_HQ_SLACK HQ points? Its best such row per dataset, or its best row where none does."""
+    datasets = [name for name in VERDICT_DATASETS if any(row.remedy == VANILLA for row in rows_by_dataset.get(name, []))]
+    if not datasets:
+        return []
+    names = sorted(set(builtins) | {plugin for name in datasets for row in rows_by_dataset[name] for plugin in row.plugins})
+    vanilla = {name: next(row for row in rows_by_dataset[name] if row.remedy == VANILLA) for name in datasets}
+    lines = ["## Each remedy against vanilla", "",
+             f"A remedy beats vanilla when one of its rows (the remedy alone, with core settings of its own allowed: "
+             f"`NAME+train[...]` rows count, combinations with other plugins do not) has more modes than vanilla's row "
+             f"(the recipe `benchmark-vanilla`) on {' and '.join(datasets)}, losing at most {VERDICT_HQ_SLACK:g} HQ points. "
+             "Each cell shows its best row that does (else its best row: most modes, then HQ), mean over the seeds stored. "
+             "These rows were not searched per remedy on held-out seeds: each is a row of the tables below, with the settings "
+             "benchmarks/README.md gives the reasons for.", "",
+             "| remedy | " + " | ".join(f"{name} (vanilla {vanilla[name].modes[0]:.1f} / {vanilla[name].hq[0]:.1f}%)" for name in datasets)
+             + " | rows tried | verdict |",
+             "|---|" + "---|" * len(datasets) + "---|---|"]
+    for plugin in names:
+        cells, beaten, tried = [], [], 0
+        for name in datasets:
+            own = [row for row in rows_by_dataset[name] if row.plugins == [plugin]]
+            tried += len(own)
+            base_modes, base_hq = vanilla[name].modes[0], vanilla[name].hq[0]
+            wins = [row for row in own if row.modes[0] > base_modes and row.hq[0] >= base_hq - VERDICT_HQ_SLACK]
+            best = max(wins or own, key=lambda row: (row.modes[0], row.hq[0]), default=None)
+            if best is None:
+                cells.append("no row")
+                continue
+            label = recipes.get((name, best.remedy), best.remedy)
+            cells.append(f"{'**yes**' if wins else 'no'}: {label} {best.modes[0]:.1f} / {best.hq[0]:.1f}% ({len(best.records)} seeds, {best.steps} steps)")
+            if wins:
+                beaten.append(name)
+        if not tried:
+            verdict = "not run"
+        elif len(beaten) == len(datasets):
+            verdict = "**beats vanilla**"
+        else:
+            verdict = "does not beat vanilla" + (f" (only on {', '.join(beaten)})" if beaten else "")
+        lines.append(f"| {plugin} | {' | '.join(cells)} | {tried} | {verdict} |")
+    return lines + [""]
