@@ -441,9 +441,10 @@ def test_each_remedy_gets_a_verdict_against_vanilla_from_its_own_rows():
         return modes.Row(remedy, list(modes.plugin_names(modes.parse_remedy(remedy))), records)
 
     rows = {"ring8": [row("ring8", "vanilla", [(6, 95.0), (7, 95.0)]),
-                      row("ring8", "pacgan", [(8, 91.0)]),                   # +1.5 modes, -4 HQ points: beats
-                      row("ring8", "ema", [(8, 50.0)]),                      # more modes, -45 HQ points: does not
-                      row("ring8", "adagan+pacgan", [(8, 99.0)])],           # a combination counts for neither
+                      row("ring8", "pacgan", [(8, 91.0), (8, 91.0)]),        # +1.5 modes, -4 HQ points: beats
+                      row("ring8", "ema", [(8, 50.0), (8, 50.0)]),           # more modes, -45 HQ points: does not
+                      row("ring8", "ema[decay=0.9]", [(8, 99.0)]),           # better, but a probe on 1 seed of vanilla's 2
+                      row("ring8", "adagan+pacgan", [(8, 99.0), (8, 99.0)])],  # a combination counts for neither
             "grid25": [row("grid25", "vanilla", [(17, 86.0)]),
                        row("grid25", "pacgan", [(20, 80.0)]),                # -6 HQ points: does not ...
                        row("grid25", "pacgan+train[g_width=400]", [(19, 85.0)]),  # ... but its own nets do
@@ -451,9 +452,9 @@ def test_each_remedy_gets_a_verdict_against_vanilla_from_its_own_rows():
     lines = modes_verdicts.remedy_verdicts(rows, {("ring8", "pacgan"): "ring8-best"}, builtins=["adagan", "pacgan", "ema"])
     table = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "remedy" not in line}
     assert "| ring8 (vanilla 6.5 / 95.0%) | grid25 (vanilla 17.0 / 86.0%) |" in lines[4]
-    assert table["pacgan"] == ("| pacgan | **yes**: ring8-best 8.0 / 91.0% (1 seeds, 100 steps) | **yes**: pacgan+train[g_width=400] 19.0 / 85.0% "
+    assert table["pacgan"] == ("| pacgan | **yes**: ring8-best 8.0 / 91.0% (2 seeds, 100 steps) | **yes**: pacgan+train[g_width=400] 19.0 / 85.0% "
                                "(1 seeds, 100 steps) | 3 | **beats vanilla** |")
-    assert table["ema"] == "| ema | no: ema 8.0 / 50.0% (1 seeds, 100 steps) | no row | 1 | does not beat vanilla |"
+    assert table["ema"] == "| ema | no: ema[decay=0.9] 8.0 / 99.0% (1 seeds, 100 steps) | no row | 2 | does not beat vanilla |"
     assert table["adagan"] == "| adagan | no row | no row | 0 | not run |"
     rows["grid25"].pop(2)
     table = {line.split(" | ")[0].lstrip("| "): line for line in modes_verdicts.remedy_verdicts(rows, {}, ["pacgan"]) if line.startswith("| pacgan")}
