@@ -76,7 +76,7 @@ def test_a_score_line_gives_mean_and_spread_seeds_steps_cost_and_build():
 def test_a_recipe_the_benchmark_has_not_measured_says_so(capsys, ship):
     ship({"wide-pack.toml": OUTSIDE})
     code, out, _ = run_cli(capsys, "recipes", "wide-pack")
-    assert code == 0 and out.splitlines()[-1] == "# measured on ring8: not measured"
+    assert code == 0 and out.splitlines()[-1] == "# measured on ring8: not measured by the mode benchmark"
 
 
 def test_a_recipe_is_shown_in_full(capsys):
