@@ -188,7 +188,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
         "recipes (source \"paper: ...\" in `gancore recipes`) hold the official settings. The rows named `veegan` and "
         "`unrolled` below run the plugins' defaults, which depart from the official code (veegan.scale=learned, "
         "veegan.extra_noise=0, D 2x128; unrolled.objective=core, ReLU nets), and the shared optimizer: they are not "
-        "reproductions of the published rows.",
+        "reproductions of the published rows. The paper recipes' own runs, and whether they meet the published rows, are in PAPERS.md.",
         "",
     ]
     if not datasets:
