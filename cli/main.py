@@ -14,7 +14,7 @@ import numpy as np
 from gancore import __version__
 from gancore.config import CORE, MAX_SEED, read_toml
 from gancore.distributed import leave as leave_process_group
-from gancore.errors import GancoreError, Interrupted, one_line
+from gancore.errors import GancoreError, one_line
 from gancore.manager import Catalog
 from gancore.memory import is_out_of_memory
 from gancore.options import parse_assignments
