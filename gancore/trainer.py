@@ -285,11 +285,14 @@ class Trainer:
                         self.save_checkpoint()
                 except NonFiniteError as error:
                     self._recover(error)
+                stop = self.stop_requested
                 if self.world.parallel:  # every rank stops after this step if any rank was signalled
-                    requested = signal.Signals[self.stop_requested].value if self.stop_requested else 0
+                    requested = signal.Signals[stop].value if stop else 0
                     agreed = self.world.largest(requested, self.device, f"the stop check after step {self.step}")
-                    self.stop_requested = signal.Signals(agreed).name if agreed else None
-                if self.stop_requested:
+                    # a signal that arrives during the check stays in stop_requested for the next one
+                    stop = signal.Signals(agreed).name if agreed else None
+                if stop:
+                    self.stop_requested = stop
                     self.save_checkpoint()
                     raise TrainingInterrupted(self.step)
                 done = n - (target - self.step)

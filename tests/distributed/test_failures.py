@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.distributed.launch import fit_in_processes, rank_environment, start
@@ -85,3 +86,34 @@ def test_torchrun_trains_with_two_processes_and_rank_0_alone_writes_and_prints(t
     assert done.stdout.count("run directory: runs/run\n") == 1 and done.stdout.count("step 6: modes captured") == 1, done.stdout
     assert [path.name for path in (tmp_path / "runs").iterdir()] == ["run"]
     assert [path.name for path in (tmp_path / "runs" / "run" / "checkpoints").iterdir()] == ["step-00000006.pt"]
+
+
+class _SignalledDuringTheStopCheck:
+    """One rank of two (the other never signalled) whose SIGINT arrives while the stop check's
+    all-reduce runs, as it mostly does: the ranks wait there for each other."""
+
+    def __init__(self, trainer):
+        self.trainer, self.checks, self.alone = trainer, 0, trainer.world
+        self.parallel = True
+
+    def __getattr__(self, name):
+        return getattr(self.alone, name)
+
+    def average(self, parameters, terms, what):
+        return {key: value.detach() for key, value in terms.items()}
+
+    def largest(self, number, device, what):
+        self.checks += 1
+        if self.checks == 1:
+            self.trainer.stop_requested = "SIGINT"  # what the handler does when the signal comes now
+        return number  # the other rank's 0 is never the larger
+
+
+def test_a_signal_during_the_stop_check_stops_at_the_next_check(make_trainer):
+    from gancore.trainer import TrainingInterrupted
+
+    trainer = make_trainer([])
+    trainer.world = _SignalledDuringTheStopCheck(trainer)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        trainer.run_steps(10)
+    assert stopped.value.step == 2 and trainer.world.checks == 2 and trainer.stop_requested == "SIGINT"
