@@ -152,7 +152,8 @@ def list_recipes(name):
 
 
 def _scores_lines(book: RecipeBook, name: str, datasets: tuple[str, ...]) -> list[str]:
-    """One line per dataset: what the mode benchmark measured with the recipe there, or "not measured by the mode benchmark" (a recipe's notes may cite runs made otherwise)."""
+    """One line per dataset: what the mode benchmark measured with the recipe there, or that it did
+    not (a recipe's notes may cite runs made otherwise)."""
     measured = book.scores.get(name, {})
     lines = [f"{dataset}: {score_line(measured[dataset])}" for dataset in datasets if dataset in measured]
     lines += [f"{dataset}: {score_line(scores)}" for dataset, scores in measured.items() if dataset not in datasets]
