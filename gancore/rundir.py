@@ -22,6 +22,7 @@ from gancore.checkpoint import PATTERN, atomic_write, list_checkpoints, save_che
 from gancore.config import CORE, RunConfig
 from gancore.distributed import launched_rank
 from gancore.errors import GancoreError, one_line
+from gancore.provenance import build_info
 from gancore.report import plot_mode_shares, plot_samples
 
 try:
@@ -194,12 +195,17 @@ class RunDirectory:
         if self.lock is not None:
             self.lock.release()
 
-    def finish(self, trainer: Trainer, summary: dict, seconds: float) -> None:
-        """Write summary.json (deterministic: no times or paths), the pictures, and the wall time in run.json."""
+    def finish(self, trainer: Trainer, summary: dict, seconds: float, first_step: int) -> None:
+        """Write summary.json (deterministic: no times or paths), the pictures, and in run.json this
+        session's segment: the steps it trained (``first_step`` to the last), its wall time and the
+        build that ran it (:func:`gancore.provenance.build_info`). ``wall_seconds`` is the sum over
+        the finished segments: a resumed run's whole cost, and which builds its numbers rest on."""
         _write_text(self.path / "summary.json", dump_json(summary))
         self.write_pictures(trainer)
         meta = json.loads((self.path / "run.json").read_text())
-        meta.update(wall_seconds=round(seconds, 3), device=str(trainer.device), steps=trainer.step)
+        segments = [*meta.get("segments", []), {"steps": [first_step, trainer.step], "wall_seconds": round(seconds, 3), "build": build_info()}]
+        meta.update(segments=segments, wall_seconds=round(sum(segment["wall_seconds"] for segment in segments), 3),
+                    device=str(trainer.device), steps=trainer.step)
         _write_text(self.path / "run.json", dump_json(meta))
 
     def write_pictures(self, trainer: Trainer) -> None:

@@ -348,7 +348,7 @@ class Trainer:
                 self.output.release()  # the run directory's lock: another process may resume it now
 
     def _fit(self) -> dict:
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), self.step
         if not self.hook.gancore_fit(trainer=self):
             self.run_steps(self.train.steps - self.step)
         if self.output and not self.output.has_checkpoint(self.step):
@@ -361,7 +361,7 @@ class Trainer:
         if self.output:
             if not evaluated:
                 self.save_checkpoint()  # again, with the final evaluation in its history
-            self.output.finish(self, summary, time.perf_counter() - started)
+            self.output.finish(self, summary, time.perf_counter() - started, first_step)
         return summary
 
     @property

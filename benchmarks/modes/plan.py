@@ -13,7 +13,8 @@ from gancore.manager import ENTRY_POINT_GROUP, Catalog
 from gancore.recipes import Recipe
 
 from benchmarks.modes.presets import (
-    BUILTIN_PACKAGE, BenchmarkError, DatasetPreset, Presets, parse_remedy, part_options, plugin_names, recipe_parts, remedy_name,
+    BUILTIN_PACKAGE, BenchmarkError, DatasetPreset, Presets, parse_remedy, part_options, plugin_names, recipe_row, remedy_name,
+    whole_recipe_values,
 )
 
 
@@ -88,16 +89,27 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
     for preset in (presets.datasets[name] for name in (datasets or presets.default)):
         chosen = requested if requested is not None else discover_remedies(catalog, preset, presets.exclude)
         chosen = list(chosen)
+        whole: dict[tuple[str, ...], Recipe] = {}  # rows "@NAME": the recipe NAME whole
         for recipe in recipes or ():
             if preset.name in recipe.datasets:
                 try:
-                    chosen.append(recipe_parts(recipe, preset))
+                    parts = recipe_row(recipe, preset, layered=recipe.name in presets.recipes)
                 except BenchmarkError as error:
                     plan.skipped.append(f"{preset.name} {error}")
+                    continue
+                chosen.append(parts)
+                if recipe.name not in presets.recipes:
+                    whole[parts] = recipe
+
+        def settings(parts: tuple[str, ...], seed: int) -> tuple[tuple[str, ...], dict[str, dict[str, Any]]]:
+            if parts in whole:
+                return tuple(whole[parts].plugins), whole_recipe_values(whole[parts], preset, seed)
+            return plugin_names(parts), run_values(preset, parts, seed)
+
         chosen = list(dict.fromkeys(chosen))
         runnable = []
         for parts in chosen:
-            problem = _check_remedy(catalog, preset, parts)
+            problem = _check_remedy(catalog, *settings(parts, 0))
             if problem:
                 plan.skipped.append(f"{preset.name} {remedy_name(parts)}: {problem}")
                 continue
@@ -107,20 +119,21 @@ def make_plan(catalog: Catalog, presets: Presets, out: Path, datasets: list[str]
             name = remedy_name(parts)
             for seed in seeds or presets.seeds_of(preset):
                 path = out / "runs" / preset.name / name / f"seed{seed}.json"
-                plan.tasks.append(Task(preset.name, name, plugin_names(parts), seed, run_values(preset, parts, seed), path))
+                plugins, values = settings(parts, seed)
+                plan.tasks.append(Task(preset.name, name, plugins, seed, values, path))
     for recipe in recipes or ():
         if not set(recipe.datasets) & set(plan.remedies):
             plan.skipped.append(f"recipe {recipe.name}: made for {', '.join(recipe.datasets) or 'no dataset'}, none of which this plan runs")
     return plan
 
 
-def _check_remedy(catalog: Catalog, preset: DatasetPreset, parts: tuple[str, ...]) -> str | None:
-    """Why this remedy cannot run on this dataset, or None (its settings resolve)."""
-    for name in plugin_names(parts):
+def _check_remedy(catalog: Catalog, plugins: tuple[str, ...], values: dict[str, dict[str, Any]]) -> str | None:
+    """Why a row of these plugins and settings cannot run, or None (its settings resolve)."""
+    for name in plugins:
         if name not in catalog.plugins:
             return f"plugin {name} failed to import ({catalog.broken[name]})" if name in catalog.broken else f"plugin {name} is not installed"
     try:
-        catalog.resolve(list(plugin_names(parts)), run_values(preset, parts, 0))
+        catalog.resolve(list(plugins), values)
     except GancoreError as exc:
         return f"not run: {exc}"
     return None

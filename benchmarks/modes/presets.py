@@ -292,6 +292,38 @@ def _part_options(recipe: Recipe, owner: str, options: dict[str, Any]) -> str:
     return ",".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in options.items())
 
 
+# The row "@NAME" runs the recipe NAME whole (recipe_row); no plugin or variant name starts with "@".
+WHOLE_RECIPE = "@"
+# Core settings of the presets that a whole recipe runs with too: the benchmark measures every row on one device.
+PINNED_BY_PRESETS = ("device",)
+
+
+def recipe_row(recipe: Recipe, preset: DatasetPreset, layered: bool) -> tuple[str, ...]:
+    """The remedy that runs ``recipe`` on ``preset``'s dataset.
+
+    ``layered`` (the presets' own ``recipes``, measured on the shared settings and repeating them):
+    the bracket-string row of what it changes (:func:`recipe_parts`), so its stored runs keep
+    counting. Any other recipe (a paper's, a third party's) is the row ``@NAME``: the recipe whole,
+    as ``gancore train --recipe NAME`` runs it over the core defaults (:func:`whole_recipe_values`),
+    so that no shared setting leaks in where the recipe is silent (layered, wgan-gp-paper, which
+    sets no lr_decay, would decay its rates linearly as the presets do).
+    """
+    return recipe_parts(recipe, preset) if layered else (WHOLE_RECIPE + recipe.name,)
+
+
+def is_whole_recipe(remedy: str) -> bool:
+    return remedy.startswith(WHOLE_RECIPE)
+
+
+def whole_recipe_values(recipe: Recipe, preset: DatasetPreset, seed: int) -> dict[str, dict[str, Any]]:
+    """The ``values`` of Catalog.resolve for one run of the row ``@NAME``: the recipe's settings, the
+    presets' PINNED_BY_PRESETS and, with --quick, [quick.train] (a smoke test keeps its own steps)."""
+    _, values = recipe.layers()
+    pinned = {key: preset.train[key] for key in PINNED_BY_PRESETS if key in preset.train}
+    values[CORE] = {**values[CORE], **pinned, **preset.fixed, "dataset": preset.name, "seed": seed}
+    return values
+
+
 def recipe_parts(recipe: Recipe, preset: DatasetPreset) -> tuple[str, ...]:
     """The remedy that runs ``recipe`` on ``preset``'s dataset: its plugins (with the options that
     differ from the preset's), then ``train[...]`` with its core settings that differ from the

@@ -19,7 +19,10 @@ from benchmarks.modes.pictures import draw_dataset
 from benchmarks.modes.rows import Row, display_order, duration, has_hq, kl_cell, kl_key, mean_std, pm
 from benchmarks.modes.verdicts import remedy_verdicts
 from benchmarks.modes.plan import run_values
-from benchmarks.modes.presets import COMMAND, PUBLISHED, VANILLA, BenchmarkError, Goal, Presets, parse_remedy, part_options, recipe_parts, remedy_name
+from benchmarks.modes.presets import (
+    COMMAND, PUBLISHED, VANILLA, BenchmarkError, Goal, Presets, is_whole_recipe, parse_remedy, part_options, recipe_row, remedy_name,
+    whole_recipe_values,
+)
 from benchmarks.modes.records import (
     UNKNOWN_BUILD, dump_json, normalized, read_invocations, record_build, relative_path, request_key, stored_records, write_text,
 )
@@ -227,7 +230,7 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
                 cells = [f"{numbers[key]:g}" if key in numbers else "—" for key in PUBLISHED_VALUES]
                 cells += ["—"] * steps_column
                 lines.append(f"| {label} {paper['method']} ({paper['source']}) | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
-        named = [f"{recipes[(dataset, row.remedy)]} = {row.remedy}" for row in rows if (dataset, row.remedy) in recipes]
+        named = [f"{recipes[(dataset, row.remedy)]} = {row.remedy}" for row in rows if (dataset, row.remedy) in recipes and not is_whole_recipe(row.remedy)]
         if named:
             lines += ["", f"Rows named by recipe (`gancore recipes NAME` shows one; `gancore train --recipe NAME` runs it): {'; '.join(named)}."]
         if any(len(row.values("reverse_kl")) < len(row.records) for row in rows):
@@ -286,16 +289,19 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
 
 def recipe_rows(book: RecipeBook, rows_by_dataset: dict[str, list[Row]], presets: Presets) -> dict[tuple[str, str], str]:
     """``{(dataset, remedy): recipe name}`` for the rows that are an installed recipe run on a dataset it
-    names, with the settings the recipe gives there (not a --quick row of the same name, run with fewer steps)."""
+    names, with the settings the recipe gives there today (not a --quick row of the same name, run with
+    fewer steps, nor the runs of an older version of the recipe)."""
     named = {}
     for recipe in book.recipes.values():
         for dataset in recipe.datasets:
             if dataset in presets.datasets and dataset in rows_by_dataset:
+                preset = presets.datasets[dataset]
                 try:
-                    parts = recipe_parts(recipe, presets.datasets[dataset])
+                    parts = recipe_row(recipe, preset, layered=recipe.name in presets.recipes)
                 except BenchmarkError:  # settings no remedy name can hold: no stored row is this recipe
                     continue
-                wanted = request_key(run_values(presets.datasets[dataset], parts, 0))
+                values = whole_recipe_values(recipe, preset, 0) if is_whole_recipe(remedy_name(parts)) else run_values(preset, parts, 0)
+                wanted = request_key(values)
                 for row in rows_by_dataset[dataset]:
                     if row.remedy == remedy_name(parts) and all(request_key(record["request"]) == wanted for record in row.records):
                         named.setdefault((dataset, row.remedy), recipe.name)
@@ -428,7 +434,7 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
         for row in others:
             # a remedy with core options of its own (a train[...] part) is compared with the vanilla of
             # the same options where that is stored: the same nets, only the plugins differ
-            own = remedy_name(part for part in parse_remedy(row.remedy) if part_options(part)[0] == CORE)
+            own = VANILLA if is_whole_recipe(row.remedy) else remedy_name(part for part in parse_remedy(row.remedy) if part_options(part)[0] == CORE)
             baseline = by_name.get(own, vanilla) if own != row.remedy else vanilla
             (m, m_std), (value, std) = row.modes, metric.of(row)
             (b_modes_mean, b_modes_std), (b_value, b_std) = baseline.modes, metric.of(baseline)

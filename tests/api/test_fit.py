@@ -79,6 +79,19 @@ def test_resume_continues_bit_identically(tmp_path):
     assert [m["step"] for m in resumed.history] == [10, 20, 30, 40]
 
 
+def test_run_json_records_each_session_with_its_steps_time_and_build(tmp_path):
+    from gancore.provenance import build_info
+
+    settings = {**SETTINGS, "steps": 20}
+    gancore.fit(run_dir=tmp_path / "run", progress=False, **settings)
+    gancore.fit(run_dir=tmp_path / "run", resume=True, progress=False, **{**settings, "steps": 30})
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [segment["steps"] for segment in meta["segments"]] == [[0, 20], [20, 30]]
+    assert all(segment["wall_seconds"] > 0 for segment in meta["segments"])
+    assert meta["wall_seconds"] == round(sum(segment["wall_seconds"] for segment in meta["segments"]), 3)  # the whole run, not the last session
+    assert meta["segments"][1]["build"] == build_info() and build_info()["torch"] == torch.__version__
+
+
 def test_resume_refuses_other_settings_plugins_or_data(tmp_path):
     data = torch.randn(200, 2)
     gancore.fit(data=data, run_dir=tmp_path / "run", progress=False, **SETTINGS)

@@ -494,7 +494,14 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
         source = "found by a test"
         datasets = ["ring8"]
         [train]
+        steps = 30
+        batch_size = 64
+        z_dim = 4
         g_width = 24
+        d_width = 16
+        n_train = 2000
+        eval_every = 0
+        eval_samples = 500
         [plugins.instance-noise]
         std = 0.5
     """})
@@ -505,13 +512,16 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
     argv = ["--presets", str(presets), "--out", str(out), "--recipes", "tiny-noise", "--workers", "1", "--no-timing"]
     assert modes.main(argv) == 0
     assert "1 runs (ring8 1 remedies; seeds 0)" in capsys.readouterr().out  # the recipe alone
-    assert (out / "runs" / "ring8" / "instance-noise[std=0.5]+train[g_width=24]" / "seed0.json").is_file()
+    # not one of the presets' recipes: it runs whole (its settings over the core defaults), in a row named "@NAME"
+    (record,) = [json.loads(path.read_text()) for path in (out / "runs" / "ring8" / "@tiny-noise").glob("seed*.json")]
+    assert record["settings"]["train"]["g_width"] == 24 and record["settings"]["train"]["lr_decay"] == "none"  # not TINY's, not the presets'
+    assert record["settings"]["plugins"]["instance-noise"]["std"] == 0.5
     report = (out / "RESULTS.md").read_text()
     assert "\n| tiny-noise | " in report
     opening = report[report.index("## Recipes beside the papers"):report.index("\n## ring8")]  # the opening table, before the full one
     assert "| recipe | source | modes (of 8) | HQ % | reverse KL | one-core min / run | seeds |" in opening
     assert "\n| tiny-noise | found by a test | " in opening and opening.count("| *paper:* ") == published_ring8_rows()
-    assert "Rows named by recipe (`gancore recipes NAME` shows one; `gancore train --recipe NAME` runs it): tiny-noise = instance-noise[std=0.5]+train[g_width=24]." in report
+    assert "Rows named by recipe" not in report  # "@tiny-noise" needs no key
 
     scores = tmp_path / "scores.toml"
     modes.write_report(out, modes.load_presets(presets), {}, argv, [], scores=scores)
@@ -519,7 +529,7 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
     written = modes_presets.tomllib.loads(scores.read_text())
     entry = written["tiny-noise"]["ring8"]
     assert entry["modes"] == result["metrics"]["modes_captured"] and entry["hq_percent"] == round(result["metrics"]["hq_percent"], 4)
-    assert entry["seeds"] == [0] and entry["n_modes"] == 8 and entry["row"] == "instance-noise[std=0.5]+train[g_width=24]"
+    assert entry["seeds"] == [0] and entry["n_modes"] == 8 and entry["row"] == "@tiny-noise"
     assert entry["core_seconds_per_run"] == round(result["wall_seconds"], 1) and entry["build"].startswith("torch ")
     assert "modes_sd" not in entry  # one seed: no spread
 
@@ -542,14 +552,36 @@ def test_the_presets_recipes_join_the_default_rows_and_quick_keeps_its_own_steps
     assert "2 runs (ring8 2 remedies" in capsys.readouterr().out
 
 
-def test_a_recipe_whose_list_setting_differs_from_the_presets_is_skipped_with_a_note(tmp_path):
+def test_a_presets_recipe_whose_list_setting_differs_from_the_presets_is_skipped_with_a_note(tmp_path):
     from gancore.recipes import RecipeBook
 
     presets_file = tmp_path / "presets.toml"
-    presets_file.write_text(TINY)
+    presets_file.write_text('recipes = ["benchmark-vanilla"]\n' + TINY)  # layered on the presets' shared settings
     presets = modes.load_presets(presets_file)
     recipe = RecipeBook.installed().get("benchmark-vanilla")  # betas (0.5, 0.9) against the tiny presets' defaults
     with pytest.raises(modes.BenchmarkError, match=r"recipe benchmark-vanilla: train.betas_d = \[0.5, 0.9\] differs from the presets' and a list"):
         modes_presets.recipe_parts(recipe, presets.datasets["ring8"])
     plan = modes.make_plan(Catalog.installed(), presets, tmp_path, None, [], None, [recipe])
     assert not plan.tasks and plan.skipped[0].startswith("ring8 recipe benchmark-vanilla: train.betas_d = [0.5, 0.9] differs")
+
+
+def test_a_paper_recipe_row_runs_exactly_what_gancore_train_recipe_runs(tmp_path):
+    """Rows "@NAME" resolve to the settings of `gancore train --recipe NAME --dataset D --seed S` on the
+    presets' device: no shared setting of the presets leaks in (wgan-gp-paper sets no lr_decay; the
+    presets decay linearly), and recipes with list settings (Adam's betas) are rows, not skipped."""
+    from gancore.recipes import RecipeBook, settings_layers
+
+    catalog, book = Catalog.installed(), RecipeBook.installed()
+    presets = modes.load_presets(modes_presets.DEFAULT_PRESETS)
+    papers = [recipe for recipe in book.recipes.values() if recipe.name.endswith("-paper")]
+    assert {recipe.name for recipe in papers} >= {"veegan-paper", "unrolled-paper", "wgan-gp-paper", "pacgan2-paper"}
+    plan = modes.make_plan(catalog, presets, tmp_path, None, [], [3], papers)
+    assert not plan.skipped
+    expected = {(dataset, f"@{recipe.name}") for recipe in papers for dataset in recipe.datasets}
+    assert {(task.dataset, task.remedy) for task in plan.tasks} == expected
+    for task in plan.tasks:
+        enabled, values = settings_layers(book.get(task.remedy[1:]), catalog, {})
+        values["train"].update(dataset=task.dataset, seed=3, device="cpu")
+        assert catalog.resolve(list(task.plugins), task.values).config == catalog.resolve(enabled, values).config, task.remedy
+    wgan_gp = next(task for task in plan.tasks if task.remedy == "@wgan-gp-paper")
+    assert catalog.resolve(list(wgan_gp.plugins), wgan_gp.values).config.train.lr_decay == "none" != presets.datasets["ring8"].train["lr_decay"]
