@@ -196,14 +196,19 @@ class RunDirectory:
             self.lock.release()
 
     def finish(self, trainer: Trainer, summary: dict, seconds: float, first_step: int) -> None:
-        """Write summary.json (deterministic: no times or paths), the pictures, and in run.json this
-        session's segment: the steps it trained (``first_step`` to the last), its wall time and the
-        build that ran it (:func:`gancore.provenance.build_info`). ``wall_seconds`` is the sum over
-        the finished segments: a resumed run's whole cost, and which builds its numbers rest on."""
+        """Write summary.json (deterministic: no times or paths), the pictures, and this session's segment (:meth:`record_segment`)."""
         _write_text(self.path / "summary.json", dump_json(summary))
         self.write_pictures(trainer)
+        self.record_segment(trainer, seconds, first_step)
+
+    def record_segment(self, trainer: Trainer, seconds: float, first_step: int) -> None:
+        """Add to run.json's ``segments`` the session that ends now (finished or interrupted, its
+        checkpoint written): the steps it trained (``first_step`` to the current), the total it
+        was run for (``of``: a later ``--steps`` extends a run), its wall time and the build that ran
+        it (:func:`gancore.provenance.build_info`); ``wall_seconds`` becomes the sum over segments."""
         meta = json.loads((self.path / "run.json").read_text())
-        segments = [*meta.get("segments", []), {"steps": [first_step, trainer.step], "wall_seconds": round(seconds, 3), "build": build_info()}]
+        segment = {"steps": [first_step, trainer.step], "of": trainer.train.steps, "wall_seconds": round(seconds, 3), "build": build_info()}
+        segments = [*meta.get("segments", []), segment]
         meta.update(segments=segments, wall_seconds=round(sum(segment["wall_seconds"] for segment in segments), 3),
                     device=str(trainer.device), steps=trainer.step)
         _write_text(self.path / "run.json", dump_json(meta))
@@ -297,8 +302,10 @@ def open_trainer(
     progress: bool = False,
     steps: int | None = None,
     build: Callable[[Run], Trainer] | None = None,
+    checkpoint: Path | None = None,
 ) -> "Trainer":
-    """Rebuild the trainer of the run at ``path`` from its config.toml and load its latest checkpoint.
+    """Rebuild the trainer of the run at ``path`` from its config.toml and load its latest checkpoint
+    (or ``checkpoint``, one of its own).
 
     :param steps: a new total number of steps (to extend a finished run).
     :param build: makes the trainer of the resolved run (gancore.fit's, with the user's networks
@@ -322,7 +329,7 @@ def open_trainer(
     values = {CORE: {**data.get(CORE, {}), **({} if steps is None else {"steps": steps})}, **data.get("plugins", {})}
     run = catalog.resolve(list(data.get("plugins", {})), values)
     run.config.recipe = data.get("recipe", {}).get("name")
-    checkpoint = latest_checkpoint(path / "checkpoints")
+    checkpoint = checkpoint or latest_checkpoint(path / "checkpoints")
     state = load_checkpoint(checkpoint, "cpu")
     check_checkpoint_matches(checkpoint, state, run)
     if steps is not None and steps < state["step"]:

@@ -349,18 +349,23 @@ class Trainer:
 
     def _fit(self) -> dict:
         started, first_step = time.perf_counter(), self.step
-        if not self.hook.gancore_fit(trainer=self):
-            self.run_steps(self.train.steps - self.step)
-        if self.output and not self.output.has_checkpoint(self.step):
-            self.save_checkpoint()
-        self.finishing = True
-        evaluated = bool(self.history) and self.history[-1]["step"] == self.step
-        final = self.history[-1] if evaluated else self.evaluate()
-        summary = {"dataset": self.dataset.name, "plugins": list(self.config.plugins), "seed": self.train.seed, **final}
-        self.hook.gancore_fit_end(trainer=self, summary=summary)
-        if self.output:
-            if not evaluated:
+        try:
+            if not self.hook.gancore_fit(trainer=self):
+                self.run_steps(self.train.steps - self.step)
+            if self.output and not self.output.has_checkpoint(self.step):
+                self.save_checkpoint()
+            self.finishing = True
+            evaluated = bool(self.history) and self.history[-1]["step"] == self.step
+            final = self.history[-1] if evaluated else self.evaluate()
+            summary = {"dataset": self.dataset.name, "plugins": list(self.config.plugins), "seed": self.train.seed, **final}
+            self.hook.gancore_fit_end(trainer=self, summary=summary)
+            if self.output and not evaluated:
                 self.save_checkpoint()  # again, with the final evaluation in its history
+        except TrainingInterrupted:  # its checkpoint is written: the session is a segment of the run
+            if self.output:
+                self.output.record_segment(self, time.perf_counter() - started, first_step)
+            raise
+        if self.output:
             self.output.finish(self, summary, time.perf_counter() - started, first_step)
         return summary
 

@@ -14,6 +14,7 @@ from gancore.manager import Catalog
 from gancore.provenance import build_info, build_key
 from gancore.recipes import RecipeBook
 
+from benchmarks.modes.adopt import adopt
 from benchmarks.modes.estimate import estimate, print_estimate
 from benchmarks.modes.plan import Plan, make_plan
 from benchmarks.modes.presets import (
@@ -64,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="run nothing: rewrite RESULTS.md, results.json and the pictures from the stored runs")
     p.add_argument("--reuse-other-builds", action="store_true",
                    help="count stored runs made by another build (torch, CPU capability, BLAS, threads) or an unknown one as done, instead of running them again here")
+    p.add_argument("--adopt", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="store finished `gancore train --recipe NAME` runs as the runs of that recipe's row (long rows, run resumably), "
+                        "checking they are that row's runs; then rewrite the report; runs nothing else")
     p.add_argument("--no-timing", action="store_true", help="do not time a few steps of every remedy before starting (no time estimate)")
     return p
 
@@ -85,6 +89,22 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     presets = load_presets(args.presets, quick=args.quick)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     catalog = Catalog.installed()
+    if args.adopt:
+        if args.quick or args.plugins or args.recipes or args.seeds or args.datasets or args.dry_run or args.report_only:
+            raise BenchmarkError("--adopt takes run directories alone (their recipe, dataset and seed choose the row)")
+        refused = 0
+        for run_dir in args.adopt:
+            try:
+                record, account = adopt(run_dir, catalog, presets, out)
+            except (BenchmarkError, GancoreError) as exc:  # the other run directories are still adopted
+                print(f"benchmarks.modes: error: {exc}", file=sys.stderr)
+                refused += 1
+                continue
+            print(f"adopted {relative_path(run_dir)} as {record['dataset']} {record['remedy']} seed {record['seed']}: "
+                  f"{record['metrics'].get('modes_captured')}/{record['metrics'].get('n_modes')} modes; {account}")
+        report = _report(out, args, argv, [], catalog)
+        print(f"adopted {len(args.adopt) - refused} of {len(args.adopt)} runs; wrote {relative_path(report)}, results.json and the pictures")
+        return 2 if refused else 0
     # --recipes alone runs only them; without --plugins and --recipes, the presets' recipes join the default rows
     remedies = _names(args.plugins) if args.plugins or not args.recipes else []
     recipe_names = _names(args.recipes) if args.recipes else ([] if args.plugins else presets.recipes)
@@ -125,19 +145,24 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     elapsed = time.perf_counter() - started
     if records:
         log_invocation(out, argv, workers, len(records), elapsed, usable_cpus())
-    full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
-    goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
     still_unstored = [task for task in unstored if not is_done(task)]  # only these can have failed or been interrupted (of any build: the report counts those)
     notes = [f"skipped: {note}" for note in plan.skipped] + unstored_notes(plan.tasks, still_unstored)
-    builtins = [name for name, info in catalog.plugins.items() if info.package == BUILTIN_PACKAGE]
-    report = write_report(out, full, goals, argv, notes, scores=RECIPE_SCORES if out.resolve() == DEFAULT_OUT.resolve() else None,
-                          builtins=builtins)
+    report = _report(out, args, argv, notes, catalog)
     failed = sum(1 for record in records if record["status"] != "ok")
     print(f"ran {len(records)} runs ({failed} failed) in {duration(elapsed)}; wrote {relative_path(report)}, results.json and the pictures")
     if interrupted:
         print("interrupted: finished runs are stored; run the same command again to resume", file=sys.stderr)
         return 130
     return 1 if failed else 0
+
+
+def _report(out: Path, args: argparse.Namespace, argv: list[str], notes: list[str], catalog: Catalog) -> Path:
+    """Rewrite RESULTS.md, results.json, the pictures and (into the default out) the recipes' scores."""
+    full = load_presets(args.presets)  # goals and dataset order of every stored run, not only --quick's
+    goals = {name: preset.goal for name, preset in full.datasets.items() if preset.goal is not None}
+    builtins = [name for name, info in catalog.plugins.items() if info.package == BUILTIN_PACKAGE]
+    return write_report(out, full, goals, argv, notes, scores=RECIPE_SCORES if out.resolve() == DEFAULT_OUT.resolve() else None,
+                        builtins=builtins)
 
 
 def _seeds_of(plan: Plan) -> list[int]:

@@ -51,6 +51,29 @@ def picture_view(points: torch.Tensor, modes: torch.Tensor | None, hq_norm: str)
     return torch.stack([points.mean(dim=1), distance], dim=1)
 
 
+def base_record(task: Task) -> dict:
+    """What every record of ``task`` holds, whatever its outcome."""
+    return {"dataset": task.dataset, "remedy": task.remedy, "plugins": list(task.plugins), "seed": task.seed,
+            "request": normalized(task.values), "gancore": __version__, "build": build_info()}
+
+
+def store_finished(task: Task, base: dict, trainer, summary: dict, wall: float, **extra) -> dict:
+    """Store the record of a finished run of ``task`` and the samples its final evaluation scored (a
+    picture's view of them); return the record."""
+    with trainer.run.reporting_plugin_faults():
+        samples = trainer.sample(trainer.eval_samples, trainer.evaluation_generator())  # those the final evaluation scored
+    samples = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
+    if samples.dim() == 4:  # images: the first samples, as images, for a grid
+        view = samples[:PICTURE_IMAGES].detach().float().cpu().numpy()
+    else:
+        view = picture_view(samples.reshape(len(samples), -1), trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
+    atomic_write(task.samples, lambda handle: np.save(handle, view))
+    record = {**base, "status": "ok", "settings": trainer.config.to_toml_dict(), "metrics": summary,
+              "history": trainer.history, "wall_seconds": round(wall, 3), **extra}
+    write_text(task.record, dump_json(record))
+    return record
+
+
 def execute(task: Task, catalog: Catalog | None = None) -> dict:
     """Run one task with the core trainer, store its record and samples, and return the record.
 
@@ -65,31 +88,17 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
     if catalog is None:
         _WORKER_CATALOG = _WORKER_CATALOG or Catalog.installed()
         catalog = _WORKER_CATALOG
-    base = {"dataset": task.dataset, "remedy": task.remedy, "plugins": list(task.plugins), "seed": task.seed,
-            "request": normalized(task.values), "gancore": __version__, "build": build_info()}
+    base = base_record(task)
     started = time.perf_counter()
     try:
         run = catalog.resolve(list(task.plugins), task.values)
-        diverged = None
         with run.reporting_plugin_faults():
             trainer = Trainer(run, output=None, progress=False)
             try:
-                summary = trainer.fit()
+                return store_finished(task, base, trainer, trainer.fit(), time.perf_counter() - started)
             except NonFiniteError as exc:
-                diverged = str(exc)
                 summary = {"dataset": trainer.dataset.name, "plugins": list(run.config.plugins), "seed": trainer.train.seed, **trainer.evaluate()}
-            wall = time.perf_counter() - started
-            samples = trainer.sample(trainer.eval_samples, trainer.evaluation_generator())  # those the final evaluation scored
-        samples = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
-        if samples.dim() == 4:  # images: the first samples, as images, for a grid
-            view = samples[:PICTURE_IMAGES].detach().float().cpu().numpy()
-        else:
-            view = picture_view(samples.reshape(len(samples), -1), trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
-        atomic_write(task.samples, lambda handle: np.save(handle, view))
-        record = {**base, "status": "ok", "settings": run.config.to_toml_dict(), "metrics": summary,
-                  "history": trainer.history, "wall_seconds": round(wall, 3)}
-        if diverged:
-            record["diverged"] = diverged
+                return store_finished(task, base, trainer, summary, time.perf_counter() - started, diverged=str(exc))
     except Exception as exc:  # a broken plugin must not stop the other runs
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         record = {**base, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:500],

@@ -1,0 +1,161 @@
+"""`python -m benchmarks.modes --adopt RUN_DIR`: a finished `gancore train --recipe` run stored as its row's run."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+import gancore  # noqa: E402
+from benchmarks import modes  # noqa: E402
+from benchmarks.modes import run as modes_run  # noqa: E402
+from gancore.checkpoint import list_checkpoints  # noqa: E402
+from gancore.manager import Catalog  # noqa: E402
+from gancore.provenance import build_info, build_key  # noqa: E402
+from gancore.recipes import RecipeBook  # noqa: E402
+from gancore.trainer import Trainer  # noqa: E402
+
+PRESETS = """
+seeds = [0]
+exclude = []
+combinations = []
+
+[train]
+device = "cpu"
+lr_decay = "linear"
+
+[ring8]
+"""
+
+RECIPE = """
+[recipe]
+description = "instance noise, tiny nets"
+source = "found by a test"
+datasets = ["ring8"]
+[train]
+steps = 40
+batch_size = 64
+z_dim = 4
+g_width = 16
+d_width = 16
+n_train = 2000
+eval_every = 20
+eval_samples = 500
+checkpoint_every = 10
+[plugins.instance-noise]
+std = 0.3
+"""
+
+
+@pytest.fixture
+def setting(tmp_path, monkeypatch):
+    from plugin_packages import fake_recipe_distribution
+
+    site = tmp_path / "site"
+    site.mkdir()
+    fake_recipe_distribution(site, "adopt-recipes", "1.0", "adopt_recipes_for_the_benchmark", {"tiny-adopt.toml": RECIPE})
+    monkeypatch.syspath_prepend(str(site))
+    presets = tmp_path / "presets.toml"
+    presets.write_text(PRESETS)
+    return presets, tmp_path / "out"
+
+
+def train(run_dir: Path, steps: int | None = None, resume: bool = False, **settings) -> None:
+    gancore.fit(recipe="tiny-adopt", dataset="ring8", seed=1, run_dir=run_dir, resume=resume, progress=False,
+                **({"steps": steps} if steps else {}), **settings)
+
+
+def adopt(presets: Path, out: Path, *run_dirs: Path) -> int:
+    return modes.main(["--presets", str(presets), "--out", str(out), "--adopt", *map(str, run_dirs)])
+
+
+def test_a_run_made_in_parts_is_adopted_as_the_rows_own_run(setting, tmp_path, capsys, monkeypatch):
+    presets, out = setting
+    run_dir = tmp_path / "long"
+    step = Trainer.train_step
+
+    def stopped_at_20(trainer):  # as a Ctrl-C at step 20
+        step(trainer)
+        if trainer.step == 20:
+            trainer.stop_requested = "SIGINT"
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_at_20)
+    with pytest.raises(gancore.GancoreError, match="SIGINT at step 20: checkpoint written"):
+        train(run_dir, eval_every=5)  # evaluated more often, and run in two parts: the same training
+    monkeypatch.setattr(Trainer, "train_step", step)
+    train(run_dir, resume=True, eval_every=5)
+    assert adopt(presets, out, run_dir) == 0
+    printed = capsys.readouterr().out
+    assert f"as ring8 @tiny-adopt seed 1: " in printed and f"build {build_key(build_info())} (run.json's segments)" in printed
+    record = json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())
+    assert record["build"] == build_info() and record["adopted_from"] == str(run_dir.resolve())
+    assert [segment["steps"] for segment in record["segments"]] == [[0, 20], [20, 40]]
+    assert record["wall_seconds"] == json.loads((run_dir / "run.json").read_text())["wall_seconds"]
+
+    # the benchmark's own run of the row ends on the same numbers and samples
+    (task,) = modes.make_plan(Catalog.installed(), modes.load_presets(presets), tmp_path / "own", None, [], [1],
+                              [RecipeBook.installed().get("tiny-adopt")]).tasks
+    own = modes_run.execute(task, Catalog.installed())
+    assert own["status"] == "ok" and own["request"] == record["request"]
+    assert own["metrics"] == record["metrics"]
+    assert np.array_equal(np.load(task.samples), np.load(out / "runs" / "ring8" / "@tiny-adopt" / "seed1.samples.npy"))
+
+    # stored: the benchmark does not run it again, and the report names the row by its recipe
+    assert modes.main(["--presets", str(presets), "--out", str(out), "--recipes", "tiny-adopt", "--seeds", "1", "--dry-run"]) == 0
+    assert "1 already stored" in capsys.readouterr().out
+    assert "\n| tiny-adopt | found by a test | " in (out / "RESULTS.md").read_text()
+
+
+def test_a_run_without_segments_gets_this_build_only_when_its_last_interval_replays(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "old"
+    train(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
+    del meta["segments"]  # as run.json was before it recorded them
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    assert adopt(presets, out, run_dir) == 0
+    assert "run.json names no build; this build replays steps 30-40 bit for bit" in capsys.readouterr().out
+    assert json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())["build"] == build_info()
+
+    last = list_checkpoints(run_dir / "checkpoints")[-1]  # an optimizer state this build does not reach from step 30
+    state = torch.load(last, weights_only=True)
+    state["optimizers"]["G"]["state"][0]["exp_avg"] += 1e-6
+    torch.save(state, last)
+    assert adopt(presets, out, run_dir) == 0
+    assert "does not replay its last checkpoint interval bit for bit: stored as of an unknown build" in capsys.readouterr().out
+    record = json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())
+    assert "build" not in record and modes.records.record_build(record) == "unknown build"
+
+
+def test_runs_that_are_not_the_rows_runs_are_refused_in_one_line_each(setting, tmp_path, capsys):
+    presets, out = setting
+    other = tmp_path / "other"
+    train(other, lr_d=1e-3)  # not the recipe's setting
+    unfinished = tmp_path / "unfinished"
+    train(unfinished)
+    list_checkpoints(unfinished / "checkpoints")[-1].unlink()  # as a run stopped at step 30
+    extended = tmp_path / "extended"
+    train(extended, steps=20)
+    train(extended, steps=40, resume=True)
+    no_recipe = tmp_path / "no-recipe"
+    gancore.fit(dataset="ring8", steps=10, batch_size=64, run_dir=no_recipe, progress=False)
+    assert adopt(presets, out, other, unfinished, extended, no_recipe, tmp_path / "missing") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"benchmarks.modes: error: --adopt {other}: it ran train.lr_d = 0.001, its row @tiny-adopt on ring8 runs 0.0001",
+        f"benchmarks.modes: error: --adopt {unfinished}: it stopped at step 30 of 40; finish it with `gancore train --resume {unfinished}`",
+        f"benchmarks.modes: error: --adopt {extended}: it was run for 20 steps, then extended to 40 with --steps; what is scheduled over "
+        "train.steps (lr_decay, instance-noise's annealing, adagan's rounds) ran on 20 in that part, so it is not the row's run",
+        f"benchmarks.modes: error: --adopt {no_recipe}: it was not run from a recipe; only `gancore train --recipe NAME` runs are rows of the benchmark",
+        f"benchmarks.modes: error: --adopt {tmp_path / 'missing'}: not a gancore run directory (no config.toml)",
+    ]
+    assert not (out / "runs" / "ring8" / "@tiny-adopt").exists()
+    assert modes.main(["--presets", str(presets), "--out", str(out), "--adopt", str(other), "--seeds", "1"]) == 2
+    assert "--adopt takes run directories alone" in capsys.readouterr().err
