@@ -6,9 +6,10 @@ A run is adopted only when it is that row's run: its resolved settings are the r
 evaluations from their own random stream, so they do not change what is trained); it reached its
 last step without being extended (``--steps``: a schedule over the total steps would differ); its
 checkpoint holds the final evaluation that summary.json reports, and this build
-scores the same samples to the same numbers. Its build is what run.json's segments name; a run
-whose run.json predates them, or names more than one build, gets this build only when this build
-replays its last checkpoint interval bit for bit, and is stored as of an unknown build otherwise.
+scores the same samples to the same numbers; every session ran in one process. Its build is what
+run.json's segments name (several: "unknown build", mixed); a run whose segments do not cover its
+steps (its run.json predates them) is adopted only when this build replays its last checkpoint
+interval bit for bit, and then as this build's.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 
 from gancore.checkpoint import checkpoint_step, list_checkpoints, load_checkpoint
 from gancore.config import CORE, read_toml
+from gancore.errors import GancoreError
 from gancore.manager import Catalog
 from gancore.provenance import build_info, build_key
 from gancore.recipes import RecipeBook
@@ -35,81 +37,118 @@ SCORES = ("modes_captured", "hq_percent", "reverse_kl", "mode_counts")  # what t
 def adopt(run_dir: Path, catalog: Catalog, presets: Presets, out: Path) -> tuple[dict, str]:
     """Store the run in ``run_dir`` as its row's run; return the record and a one-line account of
     how its build is known. A run that is not one of the benchmark's rows is a BenchmarkError."""
-    config = read_toml(run_dir / "config.toml") if (run_dir / "config.toml").is_file() else None
-    if config is None:
-        raise BenchmarkError(f"--adopt {run_dir}: not a gancore run directory (no config.toml)")
+    def refuse(why: str) -> BenchmarkError:
+        return BenchmarkError(f"--adopt {run_dir}: {why}")
+
+    if not (run_dir / "config.toml").is_file():
+        raise refuse("not a gancore run directory (no config.toml)")
+    config = read_toml(run_dir / "config.toml")
     recipe_name = config.get("recipe", {}).get("name")
     if not recipe_name:
-        raise BenchmarkError(f"--adopt {run_dir}: it was not run from a recipe; only `gancore train --recipe NAME` runs are rows of the benchmark")
-    dataset, seed = config[CORE]["dataset"], config[CORE]["seed"]
-    if dataset not in presets.datasets:
-        raise BenchmarkError(f"--adopt {run_dir}: dataset {dataset!r} has no table in {presets.path}")
+        raise refuse("it was not run from a recipe; only `gancore train --recipe NAME` runs are rows of the benchmark")
+    dataset, seed = config.get(CORE, {}).get("dataset"), config.get(CORE, {}).get("seed")
+    if dataset not in presets.datasets or not isinstance(seed, int):
+        raise refuse(f"its config.toml names dataset {dataset!r} and seed {seed!r}; adopted runs are of a dataset with a table in {presets.path}")
     plan = make_plan(catalog, presets, out, [dataset], [], [seed], [RecipeBook.installed().get(recipe_name)])
     if not plan.tasks:
-        raise BenchmarkError(f"--adopt {run_dir}: recipe {recipe_name} is no row on {dataset} ({'; '.join(plan.skipped) or 'not made for it'})")
+        raise refuse(f"recipe {recipe_name} is no row on {dataset} ({'; '.join(plan.skipped) or 'not made for it'})")
     (task,) = plan.tasks
-    _check_same_training(run_dir, task, config, catalog)
+    meta = _run_meta(run_dir, refuse)
+    _check_same_training(task, config, meta, catalog, refuse)
 
     trainer = open_trainer(run_dir, catalog)
     if trainer.step != trainer.train.steps:
-        raise BenchmarkError(f"--adopt {run_dir}: it stopped at step {trainer.step} of {trainer.train.steps}; finish it with `gancore train --resume {run_dir}`")
-    meta = json.loads((run_dir / "run.json").read_text())
-    extended = next((segment["of"] for segment in meta.get("segments", []) if segment.get("of", trainer.train.steps) != trainer.train.steps), None)
+        raise refuse(f"it stopped at step {trainer.step} of {trainer.train.steps}; finish it with `gancore train --resume {run_dir}`")
+    segments = meta.get("segments", [])
+    extended = next((segment["of"] for segment in segments if segment["of"] != trainer.train.steps), None)
     if extended is not None:
-        raise BenchmarkError(f"--adopt {run_dir}: it was run for {extended} steps, then extended to {trainer.train.steps} with --steps; what is "
-                             f"scheduled over train.steps (lr_decay, instance-noise's annealing, adagan's rounds) ran on {extended} in that part, "
-                             "so it is not the row's run")
-    summary = {"dataset": trainer.dataset.name, "plugins": list(trainer.config.plugins), "seed": trainer.train.seed, **trainer.history[-1]}
+        raise refuse(f"it was run for {extended} steps, then extended to {trainer.train.steps} with --steps; what is scheduled over "
+                     f"train.steps (lr_decay, instance-noise's annealing, adagan's rounds) ran on {extended} in that part, so it is not the row's run")
     try:
         reported = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        raise BenchmarkError(f"--adopt {run_dir}: no readable summary.json; finish the run with `gancore train --resume {run_dir}`") from None
-    if trainer.history[-1]["step"] != trainer.step or summary != reported:
-        raise BenchmarkError(f"--adopt {run_dir}: its last checkpoint does not hold the final evaluation summary.json reports")
-    rescored = trainer.dataset.score(trainer.sample(trainer.eval_samples, trainer.evaluation_generator()))
-    differ = [key for key in SCORES if key in summary and _plain(rescored.get(key)) != _plain(summary[key])]
+        raise refuse(f"no readable summary.json; finish the run with `gancore train --resume {run_dir}`") from None
+    last = trainer.history[-1] if trainer.history else {}
+    summary = {"dataset": trainer.dataset.name, "plugins": list(trainer.config.plugins), "seed": trainer.train.seed, **last}
+    if last.get("step") != trainer.step or summary != reported:
+        raise refuse("its last checkpoint does not hold the final evaluation summary.json reports")
+    with trainer.run.reporting_plugin_faults():
+        rescored = trainer.dataset.score(trainer.sample(trainer.eval_samples, trainer.evaluation_generator()))
+    differ = [key for key in SCORES if key in summary and _as_logged(rescored.get(key)) != _as_logged(summary[key])]
     if differ:
-        raise BenchmarkError(f"--adopt {run_dir}: this build scores its final samples differently ({', '.join(differ)}): "
-                             "it was evaluated on another build; run the row here instead")
+        raise refuse(f"this build scores its final samples differently ({', '.join(differ)}): it was evaluated on another build; run the row here instead")
 
-    build, account = _build_of(run_dir, meta, catalog)
-    base = {**base_record(task), "build": build} if build else {key: value for key, value in base_record(task).items() if key != "build"}
-    record = store_finished(task, base, trainer, summary, meta.get("wall_seconds", float("nan")), adopted_from=str(run_dir.resolve()),
-                            segments=meta.get("segments", []))
+    build, account = _build_of(run_dir, segments, trainer.step, catalog, refuse)
+    base = base_record(task)
+    if build:
+        base["build"] = build
+    else:
+        del base["build"]  # record_build: "unknown build"
+    if task.record.is_file():
+        account += f"; replaced the stored {task.record.name}"
+    record = store_finished(task, base, trainer, summary, meta["wall_seconds"], adopted_from=str(run_dir.resolve()), segments=segments)
     return record, account
 
 
-def _plain(value):
+def _run_meta(run_dir: Path, refuse) -> dict:
+    """run.json, checked: its wall time and (where recorded) well-formed segments."""
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        raise refuse("no readable run.json") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("wall_seconds"), (int, float)):
+        raise refuse("its run.json records no wall time (was the run finished?)")
+    segments = meta.get("segments", [])
+    well_formed = isinstance(segments, list) and all(
+        isinstance(segment, dict) and isinstance(segment.get("build"), dict) and isinstance(segment.get("of"), int)
+        and isinstance(segment.get("steps"), list) and len(segment["steps"]) == 2 and all(isinstance(step, int) for step in segment["steps"])
+        for segment in segments)
+    if not well_formed:
+        raise refuse("its run.json's segments are malformed")
+    for segment in segments:
+        if segment.get("world_size", 1) != 1:
+            raise refuse(f"steps {segment['steps'][0]}-{segment['steps'][1]} ran on {segment['world_size']} processes; the benchmark's rows run in one")
+    return meta
+
+
+def _as_logged(value):
+    """A score to 6 digits: what the summary states, not the last bits of a float."""
     return round(float(value), 6) if isinstance(value, (float, int)) and not isinstance(value, bool) else value
 
 
-def _check_same_training(run_dir: Path, task: Task, config: dict, catalog: Catalog) -> None:
+def _check_same_training(task: Task, config: dict, meta: dict, catalog: Catalog, refuse) -> None:
     row = catalog.resolve(list(task.plugins), task.values).config.to_toml_dict()
     ran = catalog.resolve(list(config.get("plugins", {})), {CORE: config[CORE], **config.get("plugins", {})}).config.to_toml_dict()
     for settings in (row, ran):
         for key in UNOBSERVED:
             settings[CORE].pop(key, None)
-    if ran[CORE].get("device") == "auto":  # the device it chose is in run.json
-        ran[CORE]["device"] = json.loads((run_dir / "run.json").read_text()).get("device", "auto")
+    devices = {segment["device"] for segment in meta.get("segments", []) if "device" in segment} or {meta.get("device", "auto")}
+    if ran[CORE].get("device") == "auto" and len(devices) == 1:  # the device it chose is in run.json
+        ran[CORE]["device"] = devices.pop()
+    if list(ran.get("plugins", {})) != list(row.get("plugins", {})):
+        raise refuse(f"it enables plugins {list(ran.get('plugins', {}))}, its row {task.remedy} on {task.dataset} {list(row.get('plugins', {}))}")
     if ran != row:
         owner, key = next((owner, key) for owner in sorted(set(row) | set(ran)) for key in sorted(set(row.get(owner, {})) | set(ran.get(owner, {})))
                           if row.get(owner, {}).get(key) != ran.get(owner, {}).get(key))
-        raise BenchmarkError(f"--adopt {run_dir}: it ran {owner}.{key} = {ran.get(owner, {}).get(key)!r}, its row "
-                             f"{task.remedy} on {task.dataset} runs {row.get(owner, {}).get(key)!r}")
+        raise refuse(f"it ran {owner}.{key} = {ran.get(owner, {}).get(key)!r}, its row {task.remedy} on {task.dataset} runs {row.get(owner, {}).get(key)!r}")
 
 
-def _build_of(run_dir: Path, meta: dict, catalog: Catalog) -> tuple[dict | None, str]:
+def _build_of(run_dir: Path, segments: list[dict], final_step: int, catalog: Catalog, refuse) -> tuple[dict | None, str]:
     """The build the run's numbers rest on, and how that is known."""
-    segments = meta.get("segments", [])
-    builds = {build_key(segment["build"]) for segment in segments}
-    covered = segments and segments[0]["steps"][0] == 0 and all(a["steps"][1] == b["steps"][0] for a, b in zip(segments, segments[1:]))
+    trained = [segment for segment in segments if segment["steps"][1] > segment["steps"][0]]  # a resume of a finished run trains nothing
+    builds = {build_key(segment["build"]) for segment in trained}
+    covered = bool(trained) and trained[0]["steps"][0] == 0 and trained[-1]["steps"][1] == final_step and all(
+        a["steps"][1] == b["steps"][0] for a, b in zip(trained, trained[1:]))
     if covered and len(builds) == 1:
-        return segments[-1]["build"], f"build {builds.pop()} (run.json's segments)"
+        return trained[-1]["build"], f"build {builds.pop()} (run.json's segments)"
+    if covered:
+        return None, f"its segments ran on {' and '.join(sorted(builds))}: stored as of an unknown build (mixed)"
+    why = "run.json names no build (an extension with --steps cannot be seen either)" if not segments else "run.json's segments cover only part of its steps"
     replayed = _replays_last_interval(run_dir, catalog)
-    why = "run.json names no build" if not segments else "run.json's segments name " + (" and ".join(sorted(builds)) if len(builds) > 1 else "only part of its steps")
-    if replayed:
-        return build_info(), f"{why}; this build replays steps {replayed} bit for bit: stored as this build's ({build_key(build_info())})"
-    return None, f"{why}, and this build does not replay its last checkpoint interval bit for bit: stored as of an unknown build"
+    if not replayed:
+        raise refuse(f"{why}, and this build does not replay its last checkpoint interval bit for bit: nothing shows which build "
+                     "(or how many processes) trained it; run the row here instead")
+    return build_info(), f"{why}; this build replays steps {replayed} bit for bit: stored as this build's ({build_key(build_info())})"
 
 
 def _replays_last_interval(run_dir: Path, catalog: Catalog) -> str | None:
@@ -119,11 +158,14 @@ def _replays_last_interval(run_dir: Path, catalog: Catalog) -> str | None:
     if len(checkpoints) < 2:
         return None
     start, end = checkpoint_step(checkpoints[-2]), checkpoint_step(checkpoints[-1])
-    trainer = open_trainer(run_dir, catalog, checkpoint=checkpoints[-2])
-    trainer.output = None  # nothing is written: the run directory stays as it is
-    with trainer.run.reporting_plugin_faults():
-        trainer.run_steps(end - start)
-    state, last = trainer.state_dict(), load_checkpoint(checkpoints[-1])
+    try:
+        trainer = open_trainer(run_dir, catalog, checkpoint=checkpoints[-2])
+        trainer.output = None  # nothing is written: the run directory stays as it is
+        with trainer.run.reporting_plugin_faults():
+            trainer.run_steps(end - start)
+        state, last = trainer.state_dict(), load_checkpoint(checkpoints[-1])
+    except GancoreError:  # a damaged checkpoint, a plugin fault: no replay
+        return None
     same = all(torch.equal(state["models"][name][key], tensor) for name, module in last["models"].items() for key, tensor in module.items())
     same = same and _same_tensors(state["optimizers"], last["optimizers"])
     return f"{start}-{end}" if same else None

@@ -93,10 +93,11 @@ def test_a_run_made_in_parts_is_adopted_as_the_rows_own_run(setting, tmp_path, c
     train(run_dir, resume=True, eval_every=5)
     assert adopt(presets, out, run_dir) == 0
     printed = capsys.readouterr().out
-    assert f"as ring8 @tiny-adopt seed 1: " in printed and f"build {build_key(build_info())} (run.json's segments)" in printed
+    assert "as ring8 @tiny-adopt seed 1: " in printed and f"build {build_key(build_info())} (run.json's segments)" in printed
     record = json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())
     assert record["build"] == build_info() and record["adopted_from"] == str(run_dir.resolve())
     assert [segment["steps"] for segment in record["segments"]] == [[0, 20], [20, 40]]
+    assert all(segment["of"] == 40 and segment["world_size"] == 1 and segment["device"] == "cpu" for segment in record["segments"])
     assert record["wall_seconds"] == json.loads((run_dir / "run.json").read_text())["wall_seconds"]
 
     # the benchmark's own run of the row ends on the same numbers and samples
@@ -113,25 +114,52 @@ def test_a_run_made_in_parts_is_adopted_as_the_rows_own_run(setting, tmp_path, c
     assert "\n| tiny-adopt | found by a test | " in (out / "RESULTS.md").read_text()
 
 
-def test_a_run_without_segments_gets_this_build_only_when_its_last_interval_replays(setting, tmp_path, capsys):
+def edit_run_json(run_dir: Path, change) -> None:
+    meta = json.loads((run_dir / "run.json").read_text())
+    change(meta)
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+def test_a_run_without_segments_is_adopted_only_when_this_build_replays_its_last_interval(setting, tmp_path, capsys):
     presets, out = setting
     run_dir = tmp_path / "old"
     train(run_dir)
-    meta = json.loads((run_dir / "run.json").read_text())
-    del meta["segments"]  # as run.json was before it recorded them
-    (run_dir / "run.json").write_text(json.dumps(meta))
+    edit_run_json(run_dir, lambda meta: meta.pop("segments"))  # as run.json was before it recorded them
     assert adopt(presets, out, run_dir) == 0
-    assert "run.json names no build; this build replays steps 30-40 bit for bit" in capsys.readouterr().out
+    assert "run.json names no build (an extension with --steps cannot be seen either); this build replays steps 30-40 bit for bit" in capsys.readouterr().out
     assert json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())["build"] == build_info()
 
     last = list_checkpoints(run_dir / "checkpoints")[-1]  # an optimizer state this build does not reach from step 30
     state = torch.load(last, weights_only=True)
     state["optimizers"]["G"]["state"][0]["exp_avg"] += 1e-6
     torch.save(state, last)
+    assert adopt(presets, out, run_dir) == 2
+    assert capsys.readouterr().err == (f"benchmarks.modes: error: --adopt {run_dir}: run.json names no build (an extension with --steps cannot be seen "
+                                       "either), and this build does not replay its last checkpoint interval bit for bit: nothing shows which build "
+                                       "(or how many processes) trained it; run the row here instead\n")
+
+
+def test_segments_of_two_builds_make_an_unknown_build_and_of_two_processes_a_refusal(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "mixed"
+    train(run_dir, steps=40)
+
+    def split(meta, **second):
+        (whole,) = meta["segments"][:1]
+        meta["segments"] = [{**whole, "steps": [0, 20]}, {**whole, "steps": [20, 40], **second}]
+
+    edit_run_json(run_dir, lambda meta: split(meta, build={**build_info(), "cpu_capability": "AVX512"}))
     assert adopt(presets, out, run_dir) == 0
-    assert "does not replay its last checkpoint interval bit for bit: stored as of an unknown build" in capsys.readouterr().out
+    assert "its segments ran on torch" in capsys.readouterr().out
     record = json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())
-    assert "build" not in record and modes.records.record_build(record) == "unknown build"
+    assert modes.records.record_build(record) == "unknown build" and len(record["segments"]) == 2
+
+    edit_run_json(run_dir, lambda meta: split(meta, world_size=2))
+    assert adopt(presets, out, run_dir) == 2
+    assert capsys.readouterr().err.endswith("steps 20-40 ran on 2 processes; the benchmark's rows run in one\n")
+    (run_dir / "run.json").write_text("{not json")
+    assert adopt(presets, out, run_dir) == 2
+    assert capsys.readouterr().err == f"benchmarks.modes: error: --adopt {run_dir}: no readable run.json\n"
 
 
 def test_runs_that_are_not_the_rows_runs_are_refused_in_one_line_each(setting, tmp_path, capsys):
