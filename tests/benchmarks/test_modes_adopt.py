@@ -187,3 +187,25 @@ def test_runs_that_are_not_the_rows_runs_are_refused_in_one_line_each(setting, t
     assert not (out / "runs" / "ring8" / "@tiny-adopt").exists()
     assert modes.main(["--presets", str(presets), "--out", str(out), "--adopt", str(other), "--seeds", "1"]) == 2
     assert "--adopt takes run directories alone" in capsys.readouterr().err
+
+
+def test_a_run_with_a_missing_or_contradicting_record_is_refused_in_one_line(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "damaged"
+    train(run_dir)
+
+    def refusal() -> str:
+        assert adopt(presets, out, run_dir) == 2
+        return capsys.readouterr().err.removeprefix(f"benchmarks.modes: error: --adopt {run_dir}: ").rstrip("\n")
+
+    summary = (run_dir / "summary.json").read_text()
+    (run_dir / "summary.json").write_text(summary.replace('"seed": 1', '"seed": 2'))
+    assert refusal() == "its last checkpoint does not hold the final evaluation summary.json reports"
+    (run_dir / "summary.json").unlink()
+    assert refusal() == f"no readable summary.json; finish the run with `gancore train --resume {run_dir}`"
+    (run_dir / "summary.json").write_text(summary)
+    edit_run_json(run_dir, lambda meta: meta["segments"][0].pop("build"))
+    assert refusal() == "its run.json's segments are malformed"
+    edit_run_json(run_dir, lambda meta: meta.pop("wall_seconds"))
+    assert refusal() == "its run.json records no wall time (was the run finished?)"
+    assert not (out / "runs" / "ring8" / "@tiny-adopt").exists()
