@@ -209,3 +209,17 @@ def test_a_run_with_a_missing_or_contradicting_record_is_refused_in_one_line(set
     edit_run_json(run_dir, lambda meta: meta.pop("wall_seconds"))
     assert refusal() == "its run.json records no wall time (was the run finished?)"
     assert not (out / "runs" / "ring8" / "@tiny-adopt").exists()
+
+
+def test_a_run_with_another_plugin_or_dataset_is_refused_in_one_line(setting, tmp_path, capsys):
+    presets, out = setting
+    more = tmp_path / "more"
+    train(more, plugins=["instance-noise", "ema"])  # the recipe's plugin and one more
+    elsewhere = tmp_path / "elsewhere"
+    gancore.fit(recipe="tiny-adopt", dataset="grid25", seed=1, run_dir=elsewhere, progress=False)  # no [grid25] table in the presets
+    assert adopt(presets, out, more, elsewhere) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"benchmarks.modes: error: --adopt {more}: it enables plugins ['instance-noise', 'ema'], its row @tiny-adopt on ring8 ['instance-noise']",
+        f"benchmarks.modes: error: --adopt {elsewhere}: its config.toml names dataset 'grid25' and seed 1; adopted runs are of a dataset "
+        f"with a table in {presets}",
+    ]
