@@ -110,6 +110,9 @@ def _malformed_field(state: dict) -> str | None:
             return f"field {name!r} is {'missing' if name not in state else 'a ' + type(value).__name__}, expected {kind.__name__}"
     if state["step"] < 0:
         return f"field 'step' is {state['step']}"
+    rollbacks = state.get("rollbacks", 0)  # optional: older checkpoints lack it
+    if type(rollbacks) is not int or rollbacks < 0:
+        return f"field 'rollbacks' is {rollbacks!r}, expected a count >= 0"
     for name, module_state in state["models"].items():
         if not isinstance(module_state, dict) or not all(isinstance(v, torch.Tensor) for v in module_state.values()):
             return f"network {name!r} holds something other than tensors"

@@ -306,10 +306,9 @@ class Trainer:
             raise NonFiniteError(f"training diverged: {error}{where} (--on-nonfinite rollback retries with halved learning rates)") from None
         if self.rollbacks >= self.train.max_rollbacks:
             raise NonFiniteError(f"training diverged {self.rollbacks + 1} times, last: {error}{where}; lower the learning rates") from None
-        self.rollbacks += 1
-        lr_scale = self.lr_scale * 0.5
+        rollbacks, lr_scale = self.rollbacks + 1, self.lr_scale * 0.5
         self.load_state_dict(copy.deepcopy(self._last_good))
-        self.lr_scale = lr_scale
+        self.rollbacks, self.lr_scale = rollbacks, lr_scale
         self._set_learning_rates()
         if self.progress:
             tqdm.write(f"gancore: {error}; rolled back to step {self.step} with learning rates x{lr_scale:g}")
@@ -403,6 +402,7 @@ class Trainer:
             "numpy_rng": _numpy_rng_state(),
             "python_rng": {"state": list(random.getstate()[1]), "gauss": random.getstate()[2]},
             "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
             "data_weights": self.data_weights,
             "history": self.history,
             "last_logs": {name: float(value) for name, value in self.last_logs.items()},
@@ -425,10 +425,13 @@ class Trainer:
         _set_numpy_rng_state(state["numpy_rng"])
         random.setstate((3, tuple(state["python_rng"]["state"]), state["python_rng"]["gauss"]))
         self.lr_scale = state["lr_scale"]
+        self.rollbacks = state.get("rollbacks", 0)  # absent from checkpoints written before it was kept
         self.data_weights = state["data_weights"]
         self.history = state["history"]
         self.last_logs = state["last_logs"]
         self.step = state["step"]
+        # a rollback after a resume returns here, not to the freshly built networks
+        self._last_good = copy.deepcopy(self.state_dict())
 
     def mark_good(self) -> dict:
         """Keep the current state as the one a rollback returns to; return it."""

@@ -113,6 +113,36 @@ def test_rollbacks_are_bounded(make_trainer):
         trainer.fit()
 
 
+def _nan_run(catalog, tmp_path, name, steps):
+    if "nan" not in catalog.plugins:
+        catalog.add("nan", NaNAt, "tests", "0")
+    run = catalog.resolve(["nan"], {"train": {**TINY, "steps": steps, "eval_every": 0, "checkpoint_every": 5, "on_nonfinite": "rollback"}})
+    trainer = Trainer(run, progress=False)
+    trainer.output = RunDirectory.create(tmp_path, name, run)
+    return trainer
+
+
+def test_a_rollback_after_a_resume_returns_to_the_last_checkpoint_not_to_fresh_networks(catalog, tmp_path):
+    straight = _nan_run(catalog, tmp_path, "straight", 12)
+    straight.fit()
+    part = _nan_run(catalog, tmp_path, "in-parts", 5)
+    part.fit()
+    resumed = resume_run(part.output.path, catalog, progress=False, steps=12)
+    resumed.fit()  # NaN at step 7: back to step 5's checkpoint, as the uninterrupted run does
+    assert straight.rollbacks == resumed.rollbacks == 1
+    for name, module in straight.models.modules.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, resumed.models.modules[name].state_dict()[key]), f"{name}.{key}"
+
+
+def test_the_rollback_count_survives_a_resume(catalog, tmp_path):
+    first = _nan_run(catalog, tmp_path, "r", 12)
+    first.fit()
+    assert first.rollbacks == 1
+    resumed = resume_run(first.output.path, catalog, progress=False, steps=20)
+    assert resumed.rollbacks == 1 and resumed.lr_scale == 0.5
+
+
 def test_a_plugin_fault_names_plugin_package_and_hook(make_trainer):
     trainer = make_trainer(["faulty"], extra={"faulty": Faulty})
     with pytest.raises(GancoreError) as error:

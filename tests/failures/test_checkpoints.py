@@ -103,10 +103,15 @@ def _damage(state: dict, how: str) -> None:
         state["numpy_rng"] = {}
     elif how == "lr-text":
         state["lr_scale"] = "half"
+    elif how == "rollbacks-negative":
+        state["rollbacks"] = -1
+    elif how == "rollbacks-flag":
+        state["rollbacks"] = True
 
 
 DAMAGE = ["step-text", "step-negative", "history-number", "history-of-strings", "no-optimizers", "network-of-strings",
-          "wrong-shapes", "missing-network", "generator-floats", "optimizer-garbage", "numpy-rng-empty", "lr-text"]
+          "wrong-shapes", "missing-network", "generator-floats", "optimizer-garbage", "numpy-rng-empty", "lr-text",
+          "rollbacks-negative", "rollbacks-flag"]
 
 
 @pytest.mark.parametrize("how", DAMAGE)
@@ -120,6 +125,16 @@ def test_a_damaged_checkpoint_is_one_line_for_every_command(capsys, tmp_path, fi
         code, _, err = run_cli(capsys, *argv)
         assert str(path) in _one_line_error(code, err), (how, argv)
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_a_checkpoint_written_before_rollbacks_were_kept_still_resumes(capsys, finished_run):
+    path = latest_checkpoint(finished_run / "checkpoints")
+    state = torch.load(path, weights_only=True)
+    assert state.pop("rollbacks") == 0
+    torch.save(state, path)
+    code, _, err = run_cli(capsys, "train", "--resume", str(finished_run), "--steps", "40", "-q")
+    assert code == 0, err
+    assert load_checkpoint(latest_checkpoint(finished_run / "checkpoints"))["step"] == 40
 
 
 def test_a_corrupt_checkpoint_message_is_cut_at_a_word_not_mid_word(tmp_path):
