@@ -3,7 +3,8 @@ run of the row that recipe is, so that long rows (checkpointed, resumable, run i
 
 A run is adopted only when it is that row's run: its resolved settings are the row's, except
 :data:`UNOBSERVED` ones (when it was evaluated, how many checkpoints it kept: the core draws
-evaluations from their own random stream, so they do not change what is trained); it reached its
+evaluations from their own random stream, so they do not change what is trained) and, where
+neither rolls back on a NaN, when it was checkpointed; it reached its
 last step without being extended (``--steps``: a schedule over the total steps would differ); its
 checkpoint holds the final evaluation that summary.json reports, and this build
 scores the same samples to the same numbers; every session ran in one process. Its build is what
@@ -31,6 +32,8 @@ from benchmarks.modes.presets import BenchmarkError, Presets
 from benchmarks.modes.run import base_record, store_finished
 
 UNOBSERVED = ("eval_every", "keep_checkpoints")
+# when checkpoints are written matters only to a rollback (its target); a run that stops on a NaN never rolls back
+UNOBSERVED_WITHOUT_ROLLBACK = ("checkpoint_every",)
 SCORES = ("modes_captured", "hq_percent", "reverse_kl", "mode_counts")  # what the final evaluation must reproduce
 
 
@@ -119,8 +122,9 @@ def _as_logged(value):
 def _check_same_training(task: Task, config: dict, meta: dict, catalog: Catalog, refuse) -> None:
     row = catalog.resolve(list(task.plugins), task.values).config.to_toml_dict()
     ran = catalog.resolve(list(config.get("plugins", {})), {CORE: config[CORE], **config.get("plugins", {})}).config.to_toml_dict()
+    unobserved = UNOBSERVED + (UNOBSERVED_WITHOUT_ROLLBACK if row[CORE]["on_nonfinite"] == ran[CORE]["on_nonfinite"] == "stop" else ())
     for settings in (row, ran):
-        for key in UNOBSERVED:
+        for key in unobserved:
             settings[CORE].pop(key, None)
     devices = {segment["device"] for segment in meta.get("segments", []) if "device" in segment} or {meta.get("device", "auto")}
     if ran[CORE].get("device") == "auto" and len(devices) == 1:  # the device it chose is in run.json

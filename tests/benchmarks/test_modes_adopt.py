@@ -88,9 +88,9 @@ def test_a_run_made_in_parts_is_adopted_as_the_rows_own_run(setting, tmp_path, c
 
     monkeypatch.setattr(Trainer, "train_step", stopped_at_20)
     with pytest.raises(gancore.GancoreError, match="SIGINT at step 20: checkpoint written"):
-        train(run_dir, eval_every=5)  # evaluated more often, and run in two parts: the same training
+        train(run_dir, eval_every=5, checkpoint_every=15)  # evaluated and checkpointed at other steps, run in two parts: the same training
     monkeypatch.setattr(Trainer, "train_step", step)
-    train(run_dir, resume=True, eval_every=5)
+    train(run_dir, resume=True, eval_every=5, checkpoint_every=15)
     assert adopt(presets, out, run_dir) == 0
     printed = capsys.readouterr().out
     assert "as ring8 @tiny-adopt seed 1: " in printed and f"build {build_key(build_info())} (run.json's segments)" in printed
@@ -187,6 +187,32 @@ def test_runs_that_are_not_the_rows_runs_are_refused_in_one_line_each(setting, t
     assert not (out / "runs" / "ring8" / "@tiny-adopt").exists()
     assert modes.main(["--presets", str(presets), "--out", str(out), "--adopt", str(other), "--seeds", "1"]) == 2
     assert "--adopt takes run directories alone" in capsys.readouterr().err
+
+
+def test_a_run_checkpointed_at_other_steps_is_its_rows_run_only_where_nothing_rolls_back(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "rollback"
+    train(run_dir, checkpoint_every=15, on_nonfinite="rollback")  # the row's run would roll back to step 10 or 20, this one to 15
+    assert adopt(presets, out, run_dir) == 2
+    assert capsys.readouterr().err == (f"benchmarks.modes: error: --adopt {run_dir}: it ran train.checkpoint_every = 15, "
+                                       "its row @tiny-adopt on ring8 runs 10\n")
+
+
+def test_a_run_this_build_scores_differently_is_refused(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "elsewhere"
+    train(run_dir)
+    last = list_checkpoints(run_dir / "checkpoints")[-1]  # as another build's evaluation of the same samples
+    state = torch.load(last, weights_only=True)
+    state["history"][-1]["hq_percent"] += 0.5
+    torch.save(state, last)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["hq_percent"] += 0.5
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert adopt(presets, out, run_dir) == 2
+    assert capsys.readouterr().err == (f"benchmarks.modes: error: --adopt {run_dir}: this build scores its final samples differently "
+                                       "(hq_percent): it was evaluated on another build; run the row here instead\n")
+    assert not (out / "runs" / "ring8" / "@tiny-adopt").exists()
 
 
 def test_a_run_with_a_missing_or_contradicting_record_is_refused_in_one_line(setting, tmp_path, capsys):
