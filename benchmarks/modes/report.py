@@ -427,7 +427,7 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
     if vanilla is None:
         notes.append("- No vanilla run is stored: nothing to compare the remedies with.")
     else:
-        (v_modes, v_modes_std), (v_value, v_std) = vanilla.modes, metric.of(vanilla)
+        (v_modes, _), (v_value, _) = vanilla.modes, metric.of(vanilla)
         notes.append(f"- vanilla: {v_modes:.1f}/{n_modes} modes, {metric.phrase.format(metric.text(v_value))}.")
         groups: dict[str, list[str]] = {"both": [], "modes": [], "metric": [], "neither": []}
         by_name = {row.remedy: row for row in rows}
