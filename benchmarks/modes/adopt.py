@@ -156,17 +156,21 @@ def _build_of(run_dir: Path, segments: list[dict], final_step: int, catalog: Cat
 
 
 def _replays_last_interval(run_dir: Path, catalog: Catalog) -> str | None:
-    """"A-B" when training from the run's second-last checkpoint (step A) to its last (B) here gives
-    the last checkpoint's networks and optimizers exactly; None when it does not or cannot be tried."""
+    """"A-B" when training from the run's second-last checkpoint (step A) to its last (B, the final
+    step: the run is finished) here gives the last checkpoint's networks and optimizers exactly;
+    None when it does not or cannot be tried. The replay finishes the run as ``fit`` does, so that a
+    plugin running its own loop (``gancore_fit``: adagan's rounds) runs it."""
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if len(checkpoints) < 2:
         return None
     start, end = checkpoint_step(checkpoints[-2]), checkpoint_step(checkpoints[-1])
     try:
         trainer = open_trainer(run_dir, catalog, checkpoint=checkpoints[-2])
+        if trainer.train.steps != end:
+            return None
         trainer.output = None  # nothing is written: the run directory stays as it is
         with trainer.run.reporting_plugin_faults():
-            trainer.run_steps(end - start)
+            trainer.fit()
         state, last = trainer.state_dict(), load_checkpoint(checkpoints[-1])
     except GancoreError:  # a damaged checkpoint, a plugin fault: no replay
         return None

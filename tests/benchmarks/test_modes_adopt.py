@@ -53,6 +53,9 @@ checkpoint_every = 10
 std = 0.3
 """
 
+ADAGAN_RECIPE = RECIPE.replace('description = "instance noise, tiny nets"', 'description = "adagan, tiny nets"').replace(
+    "[plugins.instance-noise]\nstd = 0.3", "[plugins.adagan]\nrounds = 3\nclassifier_steps = 5")
+
 
 @pytest.fixture
 def setting(tmp_path, monkeypatch):
@@ -60,7 +63,7 @@ def setting(tmp_path, monkeypatch):
 
     site = tmp_path / "site"
     site.mkdir()
-    fake_recipe_distribution(site, "adopt-recipes", "1.0", "adopt_recipes_for_the_benchmark", {"tiny-adopt.toml": RECIPE})
+    fake_recipe_distribution(site, "adopt-recipes", "1.0", "adopt_recipes_for_the_benchmark", {"tiny-adopt.toml": RECIPE, "tiny-adagan.toml": ADAGAN_RECIPE})
     monkeypatch.syspath_prepend(str(site))
     presets = tmp_path / "presets.toml"
     presets.write_text(PRESETS)
@@ -137,6 +140,16 @@ def test_a_run_without_segments_is_adopted_only_when_this_build_replays_its_last
     assert capsys.readouterr().err == (f"benchmarks.modes: error: --adopt {run_dir}: run.json names no build (an extension with --steps cannot be seen "
                                        "either), and this build does not replay its last checkpoint interval bit for bit: nothing shows which build "
                                        "(or how many processes) trained it; run the row here instead\n")
+
+
+def test_a_run_without_segments_of_a_remedy_that_runs_its_own_training_loop_replays_through_it(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "boosted"
+    # 3 rounds of 40 steps start at steps 0, 13 and 26; the last interval, 25-40, crosses into the third
+    gancore.fit(recipe="tiny-adagan", dataset="ring8", seed=1, run_dir=run_dir, progress=False, checkpoint_every=25)
+    edit_run_json(run_dir, lambda meta: meta.pop("segments"))
+    assert adopt(presets, out, run_dir) == 0  # adagan's gancore_fit starts the rounds: a replay must go through it
+    assert "this build replays steps 25-40 bit for bit" in capsys.readouterr().out
 
 
 def test_segments_of_two_builds_make_an_unknown_build_and_of_two_processes_a_refusal(setting, tmp_path, capsys):
