@@ -152,6 +152,22 @@ def test_a_run_without_segments_of_a_remedy_that_runs_its_own_training_loop_repl
     assert "this build replays steps 25-40 bit for bit" in capsys.readouterr().out
 
 
+def test_the_wall_time_of_a_run_whose_first_session_was_killed_is_scaled_to_all_its_steps(setting, tmp_path, capsys):
+    presets, out = setting
+    run_dir = tmp_path / "killed"
+    train(run_dir)
+
+    def second_half_only(meta):  # as after a SIGKILL at step 20 and a resume: the first session wrote no segment
+        (whole,) = meta["segments"]
+        meta["segments"] = [{**whole, "steps": [20, 40], "wall_seconds": 10.0}]
+        meta["wall_seconds"] = 10.0
+
+    edit_run_json(run_dir, second_half_only)
+    assert adopt(presets, out, run_dir) == 0
+    assert "wall time scaled from the 20 of 40 steps its segments timed" in capsys.readouterr().out
+    assert json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())["wall_seconds"] == 20.0
+
+
 def test_segments_of_two_builds_make_an_unknown_build_and_of_two_processes_a_refusal(setting, tmp_path, capsys):
     presets, out = setting
     run_dir = tmp_path / "mixed"
