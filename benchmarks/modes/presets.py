@@ -315,6 +315,14 @@ def is_whole_recipe(remedy: str) -> bool:
     return remedy.startswith(WHOLE_RECIPE)
 
 
+def same_core_vanilla(remedy: str) -> str:
+    """The row of no plugin with ``remedy``'s own core settings (``a+train[k=v]`` -> ``train[k=v]``;
+    vanilla where it has none): the same nets and optimizer, only the plugins differ."""
+    if is_whole_recipe(remedy):
+        return VANILLA
+    return remedy_name(part for part in parse_remedy(remedy) if part_options(part)[0] == CORE)
+
+
 def whole_recipe_values(recipe: Recipe, preset: DatasetPreset, seed: int) -> dict[str, dict[str, Any]]:
     """The ``values`` of Catalog.resolve for one run of the row ``@NAME``: the recipe's settings, the
     presets' PINNED_BY_PRESETS and, with --quick, [quick.train] (a smoke test keeps its own steps)."""

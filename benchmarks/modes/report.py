@@ -20,7 +20,7 @@ from benchmarks.modes.rows import Row, display_order, duration, has_hq, kl_cell,
 from benchmarks.modes.verdicts import remedy_verdicts
 from benchmarks.modes.plan import run_values
 from benchmarks.modes.presets import (
-    COMMAND, PUBLISHED, VANILLA, BenchmarkError, Goal, Presets, is_whole_recipe, parse_remedy, part_options, recipe_row, remedy_name,
+    COMMAND, PUBLISHED, VANILLA, BenchmarkError, Goal, Presets, is_whole_recipe, recipe_row, remedy_name, same_core_vanilla,
     whole_recipe_values,
 )
 from benchmarks.modes.records import (
@@ -434,7 +434,7 @@ def _dataset_notes(dataset: str, rows: list[Row], goal: Goal | float | None, pub
         for row in others:
             # a remedy with core options of its own (a train[...] part) is compared with the vanilla of
             # the same options where that is stored: the same nets, only the plugins differ
-            own = VANILLA if is_whole_recipe(row.remedy) else remedy_name(part for part in parse_remedy(row.remedy) if part_options(part)[0] == CORE)
+            own = same_core_vanilla(row.remedy)
             baseline = by_name.get(own, vanilla) if own != row.remedy else vanilla
             (m, m_std), (value, std) = row.modes, metric.of(row)
             (b_modes_mean, b_modes_std), (b_value, b_std) = baseline.modes, metric.of(baseline)

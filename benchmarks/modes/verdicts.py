@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from benchmarks.modes.presets import VANILLA
+from benchmarks.modes.presets import VANILLA, same_core_vanilla
 from benchmarks.modes.rows import Row
 
 
@@ -24,8 +24,11 @@ def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[s
              f"A remedy beats vanilla when one of its rows (the remedy alone, with core settings of its own allowed: "
              f"`NAME+train[...]` rows count, combinations with other plugins do not) has more modes than vanilla's row "
              f"(the recipe `benchmark-vanilla`) on {' and '.join(datasets)}, losing at most {VERDICT_HQ_SLACK:g} HQ points, on at least as many seeds as vanilla's row. "
-             "Each cell shows its best row that does (else its best row: most modes, then HQ), mean over the seeds stored. "
-             "These rows were not searched per remedy on held-out seeds: each is a row of the tables below, with the settings "
+             "Each cell shows its best row that does (else its best row: most modes, then HQ), mean over the seeds stored, "
+             "and, for a row with core settings of its own, vanilla with those settings where it is stored: "
+             "what the plugin adds over them. The rows with `train[activation=tanh]` and `feature-matching[adversarial_weight=1.0]` "
+             "come from a per-remedy search (candidates chosen on seeds 0-1, the closest run once on seeds 2-4; "
+             "benchmarks/README.md, \"The per-remedy search\"); the others are rows of the tables below, with the settings "
              "benchmarks/README.md gives the reasons for.", "",
              "| remedy | " + " | ".join(f"{name} (vanilla {vanilla[name].modes[0]:.1f} / {vanilla[name].hq[0]:.1f}%)" for name in datasets)
              + " | rows tried | verdict |",
@@ -44,7 +47,11 @@ def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[s
                 cells.append("no row")
                 continue
             label = recipes.get((name, best.remedy), best.remedy)
-            cells.append(f"{'**yes**' if wins else 'no'}: {label} {best.modes[0]:.1f} / {best.hq[0]:.1f}% ({len(best.records)} seeds, {best.steps} steps)")
+            cell = f"{'**yes**' if wins else 'no'}: {label} {best.modes[0]:.1f} / {best.hq[0]:.1f}% ({len(best.records)} seeds, {best.steps} steps)"
+            core_only = next((row for row in rows_by_dataset[name] if row.remedy == same_core_vanilla(best.remedy) != VANILLA), None)
+            if core_only is not None:
+                cell += f"; {core_only.remedy} alone: {core_only.modes[0]:.1f} / {core_only.hq[0]:.1f}% ({len(core_only.records)} seeds)"
+            cells.append(cell)
             if wins:
                 beaten.append(name)
         if not tried:

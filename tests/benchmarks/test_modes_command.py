@@ -448,12 +448,13 @@ def test_each_remedy_gets_a_verdict_against_vanilla_from_its_own_rows():
             "grid25": [row("grid25", "vanilla", [(17, 86.0)]),
                        row("grid25", "pacgan", [(20, 80.0)]),                # -6 HQ points: does not ...
                        row("grid25", "pacgan+train[g_width=400]", [(19, 85.0)]),  # ... but its own nets do
-                       row("grid25", "adagan+pacgan", [(25, 99.0)])]}
+                       row("grid25", "adagan+pacgan", [(25, 99.0)]),
+                       row("grid25", "train[g_width=400]", [(18, 84.0)])]}  # vanilla with pacgan's own nets, shown beside it
     lines = modes_verdicts.remedy_verdicts(rows, {("ring8", "pacgan"): "ring8-best"}, builtins=["adagan", "pacgan", "ema"])
     table = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "remedy" not in line}
     assert "| ring8 (vanilla 6.5 / 95.0%) | grid25 (vanilla 17.0 / 86.0%) |" in lines[4]
     assert table["pacgan"] == ("| pacgan | **yes**: ring8-best 8.0 / 91.0% (2 seeds, 100 steps) | **yes**: pacgan+train[g_width=400] 19.0 / 85.0% "
-                               "(1 seeds, 100 steps) | 3 | **beats vanilla** |")
+                               "(1 seeds, 100 steps); train[g_width=400] alone: 18.0 / 84.0% (1 seeds) | 3 | **beats vanilla** |")
     assert table["ema"] == "| ema | no: ema[decay=0.9] 8.0 / 99.0% (1 seeds, 100 steps) | no row | 2 | does not beat vanilla |"
     assert table["adagan"] == "| adagan | no row | no row | 0 | not run |"
     rows["grid25"].pop(2)
