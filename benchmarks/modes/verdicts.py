@@ -34,7 +34,7 @@ def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[s
              + " | rows tried | verdict |",
              "|---|" + "---|" * len(datasets) + "---|---|"]
     for plugin in names:
-        cells, beaten, tried = [], [], 0
+        cells, beaten, tried, winners = [], [], 0, []
         for name in datasets:
             own = [row for row in rows_by_dataset[name] if row.plugins == [plugin]]
             tried += len(own)
@@ -54,10 +54,12 @@ def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[s
             cells.append(cell)
             if wins:
                 beaten.append(name)
+                winners.append({row.remedy for row in wins})
         if not tried:
             verdict = "not run"
         elif len(beaten) == len(datasets):
-            verdict = "**beats vanilla**"
+            # one setting that wins everywhere, or only settings of each dataset's own
+            verdict = "**beats vanilla**" + ("" if set.intersection(*winners) else f" (with other settings on {' and '.join(datasets)})")
         else:
             verdict = "does not beat vanilla" + (f" (only on {', '.join(beaten)})" if beaten else "")
         lines.append(f"| {plugin} | {' | '.join(cells)} | {tried} | {verdict} |")

@@ -454,9 +454,13 @@ def test_each_remedy_gets_a_verdict_against_vanilla_from_its_own_rows():
     table = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "remedy" not in line}
     assert "| ring8 (vanilla 6.5 / 95.0%) | grid25 (vanilla 17.0 / 86.0%) |" in lines[4]
     assert table["pacgan"] == ("| pacgan | **yes**: ring8-best 8.0 / 91.0% (2 seeds, 100 steps) | **yes**: pacgan+train[g_width=400] 19.0 / 85.0% "
-                               "(1 seeds, 100 steps); train[g_width=400] alone: 18.0 / 84.0% (1 seeds) | 3 | **beats vanilla** |")
+                               "(1 seeds, 100 steps); train[g_width=400] alone: 18.0 / 84.0% (1 seeds) | 3 | **beats vanilla** (with other settings on ring8 and grid25) |")
     assert table["ema"] == "| ema | no: ema[decay=0.9] 8.0 / 99.0% (1 seeds, 100 steps) | no row | 2 | does not beat vanilla |"
     assert table["adagan"] == "| adagan | no row | no row | 0 | not run |"
+    rows["ring8"].append(row("ring8", "pacgan+train[g_width=400]", [(8, 92.0), (8, 92.0)]))  # now one setting wins on both
+    table = {line.split(" | ")[0].lstrip("| "): line for line in modes_verdicts.remedy_verdicts(rows, {}, ["pacgan"]) if line.startswith("| pacgan")}
+    assert table["pacgan"].endswith("| 4 | **beats vanilla** |")
+    rows["ring8"].pop()
     rows["grid25"].pop(2)
     table = {line.split(" | ")[0].lstrip("| "): line for line in modes_verdicts.remedy_verdicts(rows, {}, ["pacgan"]) if line.startswith("| pacgan")}
     assert table["pacgan"].endswith("| 2 | does not beat vanilla (only on ring8) |")
