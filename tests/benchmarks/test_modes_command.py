@@ -378,7 +378,7 @@ def test_a_run_stored_by_another_or_an_unknown_build_runs_again_unless_reuse_is_
     assert "1 already stored in " in capsys.readouterr().out
     path = out / "runs" / "ring8" / "vanilla" / "seed0.json"
     record = json.loads(path.read_text())
-    for build in ({**record["build"], "cpu_capability": "AVX512"}, None):  # another build, then none recorded
+    for build in ({**record["build"], "cpu_capability": "not this CPU's"}, None):  # another build, then none recorded
         if build is None:
             del record["build"]
         else:
