@@ -34,15 +34,14 @@ for dt in ("fp32", "bf16", "fp16", "fp64"):
     acc = tl.float64 if dt == "fp64" else tl.float32
     p, a = "*" + dt, "*fp64" if dt == "fp64" else "*fp32"
     for C in (1, 5):
-        block_c = triton.next_power_of_2(C)
-        for fn, names, tile, meta in (
-            (mbd._mbd_fwd_kernel, "M O", mbd._FWD_TILE, {}),
-            (mbd._mbd_bwd_kernel, "M G DM", mbd._BWD_TILE, dict(BLOCK_C=block_c)),
-            (mbd._mbd_bwd2_kernel, "M G V DG DM", mbd._BWD2_TILE, dict(BLOCK_C=block_c)),
+        for fn, names, tile in (
+            (mbd._mbd_fwd_kernel, "M O", mbd._FWD_TILE),
+            (mbd._mbd_bwd_kernel, "M G DM", mbd._BWD_TILE),
+            (mbd._mbd_bwd2_kernel, "M G V DG DM", mbd._BWD2_TILE),
         ):
             tile //= 2 if dt == "fp64" else 1
             build(fn, dict.fromkeys(names.split(), p), "N B C", EXCLUDE_SELF=C == 5, ACC=acc,
-                  **mbd._blocks(4096, tile), **meta)
+                  **mbd._blocks(4096, C, tile))
     build(gp._lerp_kernel, dict(R=p, F=p, EPS=a, X=p), "numel per_sample", BLOCK=1024)
     build(gp._gp_fwd_kernel, dict(G=p, NORM=a, SCALE=a, OUT=a), "N D", ACC=acc, BLOCK_N=4,
           BLOCK_D=1024)
