@@ -44,7 +44,7 @@ from ._triton import BACKENDS, acc_dtype, tl, triton, use_triton
 
 # Register tile (elements of BLOCK_I x BLOCK_J x BLOCK_C) per program. The backward kernels keep
 # more tiles alive, so they get smaller ones. Picked from ptxas register counts on sm_90 (C=5:
-# 72 / 167 / 128 registers, no spills, 4 warps), not yet from timings on a GPU.
+# 72 / 167 / 128 registers, no spills, 4 warps), not tuned by timings (H200 figures: benchmarks/KERNELS.md).
 _FWD_TILE = 8192
 _BWD_TILE = 4096
 _BWD2_TILE = 2048
