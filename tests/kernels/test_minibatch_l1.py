@@ -282,7 +282,9 @@ def test_forced_triton_on_cpu_needs_interpreter():
 def test_reference_memory_is_bounded():
     # N=1024, B=100, C=5: the naive (N, N, B, C) difference alone is 2 GiB in fp32. The peak RSS
     # of a fresh process (high-water mark reset first: ru_maxrss is inherited from this one)
-    # shows the reference's forward + backward stays far below.
+    # shows the reference's forward + backward stays far below. A small call first loads the
+    # code pages; what is left varies with the allocator (160-275 MiB seen on one machine), so
+    # the bound is a quarter of the naive difference tensor, not a tight fit.
     script = textwrap.dedent(
         """
         import torch
@@ -292,6 +294,7 @@ def test_reference_memory_is_bounded():
             with open("/proc/self/status") as f:
                 return next(int(l.split()[1]) for l in f if l.startswith(field)) / 1024
 
+        minibatch_l1_reference(torch.randn(64, 4, 5, requires_grad=True)).sum().backward()
         M = torch.randn(1024, 100, 5, requires_grad=True)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -302,4 +305,4 @@ def test_reference_memory_is_bounded():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     peak_mib = float(out.stdout.split()[-1])
-    assert peak_mib < 256, f"reference used {peak_mib:.0f} MiB over baseline"
+    assert peak_mib < 512, f"reference used {peak_mib:.0f} MiB over baseline"
