@@ -335,6 +335,11 @@ def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[
                 cells = [f"{numbers[key]:g}" if key in numbers else "—" for key in PUBLISHED_VALUES]
                 lines.append(f"| *paper:* {paper['method']} | {paper['source']} | {' | '.join(cells)} | — | {paper.get('runs', '—')} |")
         lines.append("")
+        shown = {recipes[(dataset, row.remedy)] for row in rows}
+        not_run = sorted(recipe.name for recipe in book.recipes.values() if dataset in recipe.datasets and recipe.name not in shown)
+        if not_run:  # a gap in the table must read as "not run", not as "left out"
+            lines += [f"Not run on {dataset} yet (the recipe names it, no stored run has its settings): {', '.join(not_run)}. "
+                      f"`python -m benchmarks.modes --recipes {' '.join(not_run)} --datasets {dataset} --dry-run` estimates their time.", ""]
     return lines
 
 

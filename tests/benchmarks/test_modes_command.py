@@ -538,6 +538,9 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
     assert "| recipe | source | modes (of 8) | HQ % | reverse KL | one-core min / run | seeds |" in opening
     assert "\n| tiny-noise | found by a test | " in opening and opening.count("| *paper:* ") == published_ring8_rows()
     assert "Rows named by recipe" not in report  # "@tiny-noise" needs no key
+    (not_run,) = [line for line in opening.splitlines() if line.startswith("Not run on ring8 yet")]
+    assert "ring8-best" in not_run and "veegan-paper" in not_run  # installed recipes naming ring8, without a run here
+    assert "tiny-noise" not in not_run and "grid25-best" not in not_run  # run; names only grid25
 
     scores = tmp_path / "scores.toml"
     modes.write_report(out, modes.load_presets(presets), {}, argv, [], scores=scores)
