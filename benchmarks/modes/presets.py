@@ -335,15 +335,17 @@ def whole_recipe_values(recipe: Recipe, preset: DatasetPreset, seed: int) -> dic
 def recipe_parts(recipe: Recipe, preset: DatasetPreset) -> tuple[str, ...]:
     """The remedy that runs ``recipe`` on ``preset``'s dataset: its plugins (with the options that
     differ from the preset's), then ``train[...]`` with its core settings that differ from the
-    dataset's shared ones, except those the preset fixes (--quick's). A recipe that repeats the
-    shared settings is the remedy the presets name by bracket string, so its stored runs keep
-    counting (they are found by name and settings). Precedence in the benchmark: the dataset's
-    shared settings < the recipe < [quick.train] with --quick."""
+    dataset's settings for those plugins (the shared ones and the plugins' own [remedy_train]),
+    except those the preset fixes (--quick's). A recipe that repeats them is the remedy the presets
+    name by bracket string, so its stored runs keep counting (they are found by name and
+    settings). Precedence in the benchmark: the dataset's shared settings < the recipe <
+    [quick.train] with --quick."""
     parts = []
     for name, options in recipe.plugins.items():
         own = {key: value for key, value in options.items() if preset.plugins.get(name, {}).get(key) != value}
         parts.append(name + (f"[{_part_options(recipe, name, own)}]" if own else ""))
-    own = {key: value for key, value in recipe.train.items() if key not in preset.fixed and preset.train.get(key) != value}
+    shared = {**preset.train, **preset.remedy_train.get(remedy_name(parts), {})}
+    own = {key: value for key, value in recipe.train.items() if key not in preset.fixed and shared.get(key) != value}
     if own:
         parts.append(f"{CORE}[{_part_options(recipe, CORE, own)}]")
     return tuple(parts)

@@ -490,12 +490,15 @@ def test_builtin_recipes_are_the_rows_the_presets_name_by_settings():
     presets = modes.load_presets(modes_presets.DEFAULT_PRESETS)
     book = RecipeBook.installed()
     parts = {name: modes.remedy_name(modes_presets.recipe_parts(book.get(name), presets.datasets[dataset]))
-             for name, dataset in (("ring8-best", "ring8"), ("grid25-best", "grid25"), ("hd1200-best", "hd1200"), ("benchmark-vanilla", "hd1200"))}
+             for name, dataset in (("ring8-best", "ring8"), ("grid25-best", "grid25"), ("hd1200-best", "hd1200"), ("benchmark-vanilla", "hd1200"),
+                                   ("adagan-ring8", "ring8"), ("adagan-grid25", "grid25"))}
     assert parts == {
         "ring8-best": "pacgan+train[g_width=400,g_depth=4]",
         "grid25-best": "pacgan+train[g_width=400,g_depth=4,batch_size=1024,d_width=200,d_depth=3,d_maxout=5,loss=hinge]",
         "hd1200-best": "pacgan+train[g_width=400,g_depth=4]",
         "benchmark-vanilla": "vanilla",
+        "adagan-ring8": "adagan",  # its steps are the presets' [remedy_train] for adagan: the stored row
+        "adagan-grid25": "adagan",
     }
 
 

@@ -17,7 +17,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BENCHMARK_FOUND = {"benchmark-vanilla", "ring8-best", "grid25-best", "hd1200-best", "feature-matching-ring8", "feature-matching-grid25"}
+BENCHMARK_FOUND = {"benchmark-vanilla", "ring8-best", "grid25-best", "hd1200-best", "feature-matching-ring8", "feature-matching-grid25",
+                   "adagan-ring8", "adagan-grid25"}
 PAPER = {"veegan-paper", "gan-veegan-table", "unrolled-paper", "wgan-gp-paper", "pacgan2-paper", "pacgan3-paper", "pacgan4-paper"}
 BUILTIN = BENCHMARK_FOUND | PAPER
 OUTSIDE = '''
