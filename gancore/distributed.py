@@ -127,6 +127,16 @@ class World:
                 values = flat[offset:]
         return dict(zip(terms, values))
 
+    def mean(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        """``tensor`` averaged over the ranks (``tensor`` itself in one process): for state a plugin
+        derives from its rank's data that must stay identical on every rank."""
+        if not self.parallel:
+            return tensor
+        total = tensor.detach().clone()
+        with self._collective(what):
+            torch.distributed.all_reduce(total)
+        return total / self.size
+
     def largest(self, number: int, device: torch.device, what: str) -> int:
         """The largest of the ranks' ``number``s."""
         if not self.parallel:

@@ -14,15 +14,27 @@ o is computed by ``gancore.kernels.minibatch_l1`` (fused: Triton on CUDA, compil
 the N×N×B×C tensor). The core calls D on the real and the fake batch separately, so real and
 fake samples are discriminated as separate minibatches, as in the paper.
 
-Initialization: T ~ N(0, 0.05²) as in improved-gan; the wider head copies the old head's
-weights on f and starts with zero weights on o, so D starts as the plain D and learns to use
-the minibatch features (a spectral norm on the old head is kept on the new one). The
-Critique's ``features`` stay f.
+Initialization (option ``init``), T ~ N(0, 0.05²) either way:
+
+* ``"normal"`` (default, the rows stored so far): M = f · T as is. With D's features at their
+  initial scale every pair of samples is close (median L1 distance ~0.4 for 2-D data and D
+  2 × 128), so o starts near its ceiling N − 1 (~350 of 511 at batch 512) for real and fake alike.
+* ``"data"`` (improved-gan's ``MinibatchLayer``): T is weight-normed, W = T · e^s / ‖T‖ per
+  column, o gets a per-kernel bias β, and both are set from the first real batch D trains on:
+  s so that each kernel's mean nearest-neighbour L1 distance is 2, β = −mean(o), so o starts
+  centred with a spread of order 1. Computed in eval mode (``gancore.models.probing``), averaged
+  over the ranks of a distributed run, checkpointed, and redone when AdaGAN re-initializes D.
+
+The wider head copies the old head's weights on f and starts with zero weights on o, so D
+starts as the plain D and learns to use the minibatch features (a spectral norm on the old head
+is kept on the new one). The Critique's ``features`` stay f.
 
 Needs of the networks: D is (or wraps) a :class:`gancore.models.Discriminator` whose ``head`` is
 one ``nn.Linear(A, 1)`` (optionally spectral-normed); f = ``D.body(x)`` has shape (N, A).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,33 +43,82 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from gancore import GancoreError, hookimpl
 from gancore.kernels import minibatch_l1
-from gancore.models import Discriminator
+from gancore.models import Discriminator, probing
 
 
 class MinibatchFeatures(nn.Module):
-    """f (N, A) -> [f, o(f)] (N, A + B), with o_b(i) = Σ_{j(≠i)} exp(−‖M_{i,b} − M_{j,b}‖₁), M = f·T."""
+    """f (N, A) -> [f, o(f)] (N, A + B), with o_b(i) = Σ_{j(≠i)} exp(−‖M_{i,b} − M_{j,b}‖₁), M = f·W.
 
-    def __init__(self, in_features: int, kernels: int, kernel_dim: int, exclude_self: bool = True):
+    W = T, or with ``data_init`` the weight-normed T · e^s / ‖T‖ (per column), and o + β: s and β
+    are set by :meth:`initialize` from a batch of real features before the first update.
+    """
+
+    def __init__(self, in_features: int, kernels: int, kernel_dim: int, exclude_self: bool = True, data_init: bool = False):
         super().__init__()
         self.in_features, self.kernels, self.kernel_dim, self.exclude_self = in_features, kernels, kernel_dim, exclude_self
+        self.data_init = data_init
         self.T = nn.Parameter(torch.empty(in_features, kernels * kernel_dim))
+        if data_init:
+            self.log_scale = nn.Parameter(torch.zeros(kernels * kernel_dim))
+            self.bias = nn.Parameter(torch.zeros(kernels))
+            self.register_buffer("initialized", torch.tensor(False))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.T, std=0.05)  # improved-gan's initialization
+        if self.data_init:
+            nn.init.zeros_(self.log_scale)
+            nn.init.zeros_(self.bias)
+            self.initialized.fill_(False)
+
+    def weight(self) -> torch.Tensor:
+        """W, shape (A, B·C)."""
+        if not self.data_init:
+            return self.T
+        return self.T * (self.log_scale.exp() / self.T.norm(dim=0))
 
     def minibatch_features(self, f: torch.Tensor) -> torch.Tensor:
         """o(f), shape (N, B)."""
-        M = (f @ self.T).view(len(f), self.kernels, self.kernel_dim)
+        M = (f @ self.weight()).view(len(f), self.kernels, self.kernel_dim)
         if self.exclude_self and len(f) < 2:
-            return M.new_zeros(len(f), self.kernels)  # Σ over j ≠ i of a one-sample batch is empty
-        return minibatch_l1(M, exclude_self=self.exclude_self)
+            o = M.new_zeros(len(f), self.kernels)  # Σ over j ≠ i of a one-sample batch is empty
+        else:
+            o = minibatch_l1(M, exclude_self=self.exclude_self)
+        return o + self.bias if self.data_init else o
+
+    @torch.no_grad()
+    def initialize(self, f: torch.Tensor, mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        """Set s and β from real features ``f`` (N, A), as improved-gan's init pass does: each kernel's
+        mean L1 distance to the nearest other sample becomes 2, and β = −mean(o) over the batch.
+        ``mean`` averages a statistic over a distributed run's ranks."""
+        if len(f) < 2:
+            raise GancoreError("minibatch-discrimination's data initialization needs at least 2 real samples per batch")
+        self.log_scale.zero_()
+        self.bias.zero_()
+        M = (f @ self.weight()).view(len(f), self.kernels, self.kernel_dim).transpose(0, 1)  # (B, N, C)
+        nearest = torch.stack([self._mean_nearest_l1(kernel) for kernel in M])  # one kernel at a time: B·N² memory at most N²
+        nearest = mean(nearest)
+        if not bool((nearest > 0).all()):
+            raise GancoreError(
+                "minibatch-discrimination's data initialization found no distance between D's features of the real samples "
+                "(all duplicates, or D's features are constant): use minibatch-discrimination.init=normal"
+            )
+        self.log_scale.copy_(-(nearest / 2).log().repeat_interleave(self.kernel_dim))
+        self.bias.copy_(-mean(self.minibatch_features(f).mean(0)))
+        self.initialized.fill_(True)
+
+    @staticmethod
+    def _mean_nearest_l1(points: torch.Tensor) -> torch.Tensor:
+        distances = torch.cdist(points, points, p=1)
+        distances.fill_diagonal_(float("inf"))
+        return distances.min(1).values.mean()
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return torch.cat([f, self.minibatch_features(f)], dim=1)
 
     def extra_repr(self) -> str:
-        return f"A={self.in_features}, B={self.kernels}, C={self.kernel_dim}, exclude_self={self.exclude_self}"
+        init = ", data_init" if self.data_init else ""
+        return f"A={self.in_features}, B={self.kernels}, C={self.kernel_dim}, exclude_self={self.exclude_self}{init}"
 
 
 def find_discriminator(module: nn.Module) -> Discriminator | None:
@@ -71,7 +132,8 @@ class MinibatchDiscrimination:
     data_parallel = ("local", "D compares the samples within each rank's minibatch of train.batch_size / ranks")
 
     def __init__(self) -> None:
-        self.kernels, self.kernel_dim, self.exclude_self = 16, 5, True
+        self.kernels, self.kernel_dim, self.exclude_self, self.init = 16, 5, True, "normal"
+        self.layer: MinibatchFeatures | None = None
 
     @hookimpl
     def gancore_add_options(self, options):
@@ -82,10 +144,16 @@ class MinibatchDiscrimination:
         )
         options.add("kernel_dim", int, 5, "C, the dimension of each kernel's projection (paper: 5 on CIFAR)", min=1)
         options.add("exclude_self", bool, True, "leave the pair j = i out of o_b(i) (improved-gan's code; otherwise it adds a constant 1)")
+        options.add(
+            "init", str, "normal",
+            "'normal' = M = f·T with T ~ N(0, 0.05²) (the stored rows); 'data' = improved-gan's layer: T weight-normed, "
+            "its scale and a bias on o set from the first real batch (nearest-neighbour L1 distance 2, o centred)",
+            choices=("normal", "data"),
+        )
 
     @hookimpl
     def gancore_configure(self, config, options):
-        self.kernels, self.kernel_dim, self.exclude_self = options.kernels, options.kernel_dim, options.exclude_self
+        self.kernels, self.kernel_dim, self.exclude_self, self.init = options.kernels, options.kernel_dim, options.exclude_self, options.init
 
     @hookimpl
     def gancore_build_models(self, models):
@@ -98,7 +166,7 @@ class MinibatchDiscrimination:
         spectral = parametrize.is_parametrized(old)
         if spectral and [type(p).__name__ for name in old.parametrizations for p in old.parametrizations[name]] != ["_SpectralNorm"]:
             raise GancoreError("minibatch-discrimination can replace a head with spectral norm, but not other parametrizations")
-        layer = MinibatchFeatures(old.in_features, self.kernels, self.kernel_dim, self.exclude_self)
+        layer = self.layer = MinibatchFeatures(old.in_features, self.kernels, self.kernel_dim, self.exclude_self, data_init=self.init == "data")
         head = nn.Linear(old.in_features + self.kernels, 1, bias=old.bias is not None)
         with torch.no_grad():
             head.weight.zero_()
@@ -106,3 +174,19 @@ class MinibatchDiscrimination:
             if old.bias is not None:
                 head.bias.copy_(old.bias)
         D.head = nn.Sequential(layer, spectral_norm(head) if spectral else head)  # a spectral-normed D keeps a spectral-normed head
+
+    @hookimpl(trylast=True)  # after the plugins that change what D reads: initialize on what it reads
+    def gancore_discriminator_batch(self, trainer, batch):
+        layer = self.layer
+        if layer is None or not layer.data_init or batch.phase != "D" or bool(layer.initialized):
+            return
+        seen: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            with probing(trainer.models.D):
+                trainer.models.D(batch.real)
+        finally:
+            hook.remove()
+        if not seen:
+            raise GancoreError("minibatch-discrimination's layer was not called when D read the real batch: a wrapper around D bypasses it")
+        layer.initialize(torch.cat(seen), mean=lambda t: trainer.world.mean(t, "minibatch-discrimination's data initialization"))

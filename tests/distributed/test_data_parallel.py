@@ -24,6 +24,7 @@ def _runs() -> list[dict]:
         runs.append({"label": name, "plugins": {name: OPTIONS.get(name, {})}, "settings": SETTINGS})
     for name in THIRD_PARTY:
         runs.append({"label": name, "plugins": {f"tests.distributed.plugins_under_test:{name}": {}}, "settings": SETTINGS})
+    runs.append({"label": DATA_INIT, "plugins": {"minibatch-discrimination": {"init": "data"}}, "settings": SETTINGS})
     runs.append({"label": "odd batch", "plugins": {}, "settings": {**SETTINGS, "batch_size": 31}})
     runs.append({"label": "odd packs", "plugins": {"pacgan": {"m": 4}}, "settings": {**SETTINGS, "batch_size": 36}})
     return runs
@@ -31,6 +32,7 @@ def _runs() -> list[dict]:
 
 CATALOG = Catalog.installed()
 THIRD_PARTY = ["CountsSteps", "DeclaredCountsSteps"]
+DATA_INIT = "minibatch-discrimination[init=data]"  # set from each rank's real batch, then averaged over the ranks
 BUILT_IN = [name for name, info in CATALOG.plugins.items() if info.package == "gancore"]
 
 
@@ -54,7 +56,7 @@ def test_every_built_in_plugin_declares_its_meaning_under_data_parallelism():
         assert mode in ("exact", "local", "refused") and why, name
 
 
-@pytest.mark.parametrize("label", ["vanilla", *BUILT_IN])
+@pytest.mark.parametrize("label", ["vanilla", *BUILT_IN, DATA_INIT])
 def test_ranks_hold_identical_parameters_or_both_refuse(results, label):
     rank0, rank1 = results["two"][0][label], results["two"][1][label]
     if declared(label) == "refused":

@@ -147,3 +147,94 @@ def test_training_with_the_fused_cpu_kernel_follows_the_reference(make_trainer, 
     assert not all(torch.equal(a, b) for a, b in zip(fused, reference))
     for a, b in zip(fused, reference):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --- init = "data": improved-gan's weight-normed layer, scaled and centred on the first real batch ---
+
+
+def mean_nearest_l1(M: torch.Tensor) -> torch.Tensor:
+    """Per kernel, the mean over i of min_{j≠i} Σ_c |M_ibc − M_jbc|, float64 broadcasting."""
+    M = M.double()
+    D = (M[:, None] - M[None, :]).abs().sum(-1)  # (N, N, B)
+    D = D + torch.diag(torch.full((len(M),), float("inf"), dtype=D.dtype))[:, :, None]
+    return D.min(1).values.mean(0)
+
+
+def data_initialized_trainer(make_trainer, **train):
+    from gancore.trainer import Batch
+
+    trainer = make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"init": "data"}}, train=train)
+    layer = trainer.models.D.head[0]
+    assert layer.data_init and not bool(layer.initialized)
+    real = trainer.real_batch()
+    z = trainer.noise()
+    trainer.hook.gancore_discriminator_batch(trainer=trainer, batch=Batch("D", 0, z, trainer.models.G(z).detach(), real))
+    return trainer, layer, real
+
+
+def test_data_init_sets_nearest_neighbour_distance_2_and_centres_o_on_the_real_batch(make_trainer):
+    trainer, layer, real = data_initialized_trainer(make_trainer, batch_size=48)
+    assert bool(layer.initialized)
+    f = trainer.models.D.body(real).detach().double()
+    W = layer.T.double() * (layer.log_scale.double().exp() / layer.T.double().norm(dim=0))
+    M = (f @ W).reshape(48, 16, 5)
+    torch.testing.assert_close(mean_nearest_l1(M), torch.full((16,), 2.0, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    o = naive_broadcast(M, exclude_self=True) + layer.bias.double()
+    torch.testing.assert_close(o.mean(0), torch.zeros(16, dtype=torch.float64), rtol=0, atol=1e-5)
+    # the layer's own output is that formula, and o is of order 1, not near its ceiling N − 1
+    torch.testing.assert_close(layer(f.float())[:, 16:].double(), o, rtol=1e-4, atol=1e-4)  # float32 sums
+    assert o.abs().max() < 10
+
+
+def test_data_init_runs_once_and_a_reset_asks_for_it_again(make_trainer):
+    from gancore.trainer import Batch
+
+    trainer, layer, _ = data_initialized_trainer(make_trainer)
+    scale, bias = layer.log_scale.detach().clone(), layer.bias.detach().clone()
+    trainer.train_step()
+    trainer.train_step()
+    moved = layer.log_scale.detach().clone()
+    assert not torch.equal(moved, scale)  # trained by D's optimizer
+    z = trainer.noise()
+    trainer.hook.gancore_discriminator_batch(trainer=trainer, batch=Batch("D", 2, z, trainer.models.G(z).detach(), trainer.real_batch()))
+    assert torch.equal(layer.log_scale, moved)  # no second initialization
+    layer.reset_parameters()  # what AdaGAN's trainer.reinitialize("D") calls
+    assert not bool(layer.initialized) and torch.equal(layer.log_scale, torch.zeros_like(scale)) and torch.equal(layer.bias, torch.zeros_like(bias))
+
+
+def test_the_first_training_step_initializes_and_a_resumed_run_does_not_again(make_trainer):
+    trainer = make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"init": "data"}})
+    trainer.train_step()
+    layer = trainer.models.D.head[0]
+    assert bool(layer.initialized) and layer.bias.abs().sum() > 0
+    state = trainer.state_dict()
+    resumed = make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"init": "data"}})
+    resumed.load_state_dict(state)
+    resumed_layer = resumed.models.D.head[0]
+    assert bool(resumed_layer.initialized)
+    scale = resumed_layer.log_scale.detach().clone()
+    optimizer_steps = [resumed.optimizers["D"].state[p]["step"].item() for p in [resumed_layer.log_scale]]
+    resumed.train_step()
+    trainer.train_step()
+    # the resumed run continues where the first left off: the same update, no new initialization
+    assert optimizer_steps == [1]
+    assert not torch.equal(resumed_layer.log_scale, scale)
+    torch.testing.assert_close(resumed_layer.log_scale, layer.log_scale)
+
+
+def test_data_init_on_duplicate_features_is_a_one_line_error():
+    from gancore import GancoreError
+
+    layer = MinibatchFeatures(in_features=3, kernels=2, kernel_dim=2, data_init=True)
+    with pytest.raises(GancoreError, match=r"found no distance .* use minibatch-discrimination.init=normal$"):
+        layer.initialize(torch.ones(5, 3))
+    assert not bool(layer.initialized)
+    with pytest.raises(GancoreError, match="at least 2 real samples"):
+        layer.initialize(torch.ones(1, 3))
+
+
+def test_an_unknown_init_is_refused_with_the_choices(make_trainer):
+    from gancore import GancoreError
+
+    with pytest.raises(GancoreError, match="normal.*data|data.*normal"):
+        make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"init": "improved"}})
