@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import re
 import subprocess
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -54,3 +55,16 @@ def build_info() -> dict:
 def build_key(info: dict) -> str:
     """The parts of :func:`build_info` that change CPU arithmetic, as one short label."""
     return f"torch {info.get('torch', '?')}, {info.get('cpu_capability', '?')}, {info.get('blas', '?')}, {info.get('threads', '?')} thread(s)"
+
+
+class Stopwatch:
+    """Time since it was made: wall clock, and this process's CPU time (all its threads). For a run
+    on one thread the CPU time is its one-core cost, without the time it waited for a core or was
+    stopped (SIGSTOP), which the wall clock also counts."""
+
+    def __init__(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> dict[str, float]:
+        """``{"wall_seconds": ..., "cpu_seconds": ...}``, rounded to milliseconds."""
+        return {"wall_seconds": round(time.perf_counter() - self._wall, 3), "cpu_seconds": round(time.process_time() - self._cpu, 3)}

@@ -195,24 +195,29 @@ class RunDirectory:
         if self.lock is not None:
             self.lock.release()
 
-    def finish(self, trainer: Trainer, summary: dict, seconds: float, first_step: int) -> None:
+    def finish(self, trainer: Trainer, summary: dict, elapsed: dict[str, float], first_step: int) -> None:
         """Write summary.json (deterministic: no times or paths), this session's segment (:meth:`record_segment`) and the pictures."""
         _write_text(self.path / "summary.json", dump_json(summary))
-        self.record_segment(trainer, seconds, first_step)
+        self.record_segment(trainer, elapsed, first_step)
         self.write_pictures(trainer)
 
-    def record_segment(self, trainer: Trainer, seconds: float, first_step: int) -> None:
+    def record_segment(self, trainer: Trainer, elapsed: dict[str, float], first_step: int) -> None:
         """Add to run.json's ``segments`` the session that ends now (finished or interrupted, its
         checkpoint written): the steps it trained (``first_step`` to the current), the total it
-        was run for (``of``: a later ``--steps`` extends a run), its wall time, device, number of
-        processes and the build that ran it (:func:`gancore.provenance.build_info`); ``wall_seconds``
-        becomes the sum over segments."""
+        was run for (``of``: a later ``--steps`` extends a run), its wall and CPU time
+        (:class:`gancore.provenance.Stopwatch`), device, number of processes and the build that ran
+        it (:func:`gancore.provenance.build_info`); ``wall_seconds`` becomes the sum over segments,
+        and ``cpu_seconds`` too where every segment has one (runs made before it was recorded have none)."""
         meta = json.loads((self.path / "run.json").read_text())
-        segment = {"steps": [first_step, trainer.step], "of": trainer.train.steps, "wall_seconds": round(seconds, 3),
+        segment = {"steps": [first_step, trainer.step], "of": trainer.train.steps, **elapsed,
                    "device": str(trainer.device), "world_size": trainer.world.size, "build": build_info()}
         segments = [*meta.get("segments", []), segment]
-        meta.update(segments=segments, wall_seconds=round(sum(segment["wall_seconds"] for segment in segments), 3),
-                    device=str(trainer.device), steps=trainer.step)
+        meta.update(segments=segments, device=str(trainer.device), steps=trainer.step)
+        for key in elapsed:
+            if all(key in segment for segment in segments):
+                meta[key] = round(sum(segment[key] for segment in segments), 3)
+            else:
+                meta.pop(key, None)
         _write_text(self.path / "run.json", dump_json(meta))
 
     def write_pictures(self, trainer: Trainer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import random
 import signal
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -19,6 +18,7 @@ from gancore.errors import GancoreError
 from gancore.losses import LOSSES
 from gancore.memory import check_training_fits
 from gancore.models import build_discriminator, build_generator, probing
+from gancore.provenance import Stopwatch
 
 if TYPE_CHECKING:
     from gancore.manager import Run
@@ -347,7 +347,7 @@ class Trainer:
                 self.output.release()  # the run directory's lock: another process may resume it now
 
     def _fit(self) -> dict:
-        started, first_step = time.perf_counter(), self.step
+        started, first_step = Stopwatch(), self.step
         try:
             if not self.hook.gancore_fit(trainer=self):
                 self.run_steps(self.train.steps - self.step)
@@ -362,10 +362,10 @@ class Trainer:
                 self.save_checkpoint()  # again, with the final evaluation in its history
         except TrainingInterrupted:  # its checkpoint is written: the session is a segment of the run
             if self.output:
-                self.output.record_segment(self, time.perf_counter() - started, first_step)
+                self.output.record_segment(self, started.elapsed(), first_step)
             raise
         if self.output:
-            self.output.finish(self, summary, time.perf_counter() - started, first_step)
+            self.output.finish(self, summary, started.elapsed(), first_step)
         return summary
 
     @property

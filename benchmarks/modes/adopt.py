@@ -82,7 +82,7 @@ def adopt(run_dir: Path, catalog: Catalog, presets: Presets, out: Path) -> tuple
         raise refuse(f"this build scores its final samples differently ({', '.join(differ)}): it was evaluated on another build; run the row here instead")
 
     build, account = _build_of(run_dir, segments, trainer.step, catalog, refuse)
-    wall, timed = _wall_seconds(meta, segments, trainer.step)
+    elapsed, timed = _elapsed(meta, segments, trainer.step)
     account += timed
     base = base_record(task)
     if build:
@@ -91,7 +91,7 @@ def adopt(run_dir: Path, catalog: Catalog, presets: Presets, out: Path) -> tuple
         del base["build"]  # record_build: "unknown build"
     if task.record.is_file():
         account += f"; replaced the stored {task.record.name}"
-    record = store_finished(task, base, trainer, summary, wall, adopted_from=str(run_dir.resolve()), segments=segments)
+    record = store_finished(task, base, trainer, summary, elapsed, adopted_from=str(run_dir.resolve()), segments=segments)
     return record, account
 
 
@@ -116,16 +116,18 @@ def _run_meta(run_dir: Path, refuse) -> dict:
     return meta
 
 
-def _wall_seconds(meta: dict, segments: list[dict], final_step: int) -> tuple[float, str]:
-    """The run's one-run wall time and, where it is not simply measured, how it was had: a session
-    killed outright recorded no segment, so the timed segments' time is scaled to all the steps."""
+def _elapsed(meta: dict, segments: list[dict], final_step: int) -> tuple[dict[str, float], str]:
+    """The run's one-run wall time (and CPU time, where every segment recorded one) and, where it
+    is not simply measured, how it was had: a session killed outright recorded no segment, so the
+    timed segments' times are scaled to all the steps."""
     timed = sum(segment["steps"][1] - segment["steps"][0] for segment in segments)
     if not segments:
-        return meta["wall_seconds"], "; its wall time is run.json's, which predates segments and may be its last session's only"
+        return {"wall_seconds": meta["wall_seconds"]}, "; its wall time is run.json's, which predates segments and may be its last session's only"
+    keys = [key for key in ("wall_seconds", "cpu_seconds") if all(isinstance(segment.get(key), (int, float)) for segment in segments)]
+    scale, account = 1.0, ""
     if 0 < timed != final_step:
-        wall = sum(segment["wall_seconds"] for segment in segments) * final_step / timed
-        return wall, f"; wall time scaled from the {timed} of {final_step} steps its segments timed"
-    return meta["wall_seconds"], ""
+        scale, account = final_step / timed, f"; wall time scaled from the {timed} of {final_step} steps its segments timed"
+    return {key: round(sum(segment[key] for segment in segments) * scale, 3) for key in keys}, account
 
 
 def _as_logged(value):

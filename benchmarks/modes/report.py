@@ -278,7 +278,8 @@ def write_report(out: Path, presets: Presets, goals: dict[str, Goal | float], ar
     write_text(out / "RESULTS.md", "\n".join(lines))
 
     results = [
-        {key: record.get(key) for key in ("dataset", "remedy", "plugins", "seed", "request", "settings", "metrics", "wall_seconds", "gancore", "build")}
+        {key: record.get(key) for key in ("dataset", "remedy", "plugins", "seed", "request", "settings", "metrics", "wall_seconds", "cpu_seconds", "gancore", "build")
+         if key in record or key != "cpu_seconds"}  # records made before CPU time was recorded have none
         for record in sorted(ok, key=lambda r: (datasets.index(r["dataset"]), display_order(r["remedy"]), r["seed"]))
     ]
     write_text(out / "results.json", dump_json(results))
@@ -320,7 +321,8 @@ def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[
             lines += ["## Recipes beside the papers", "",
                       "Per dataset, every recipe run on it (`gancore recipes` lists them, `gancore train --recipe NAME` runs one) "
                       "beside the papers' rows: mean ± std over seeds, and the one-core cost of one run (one torch thread: "
-                      "building, training and the final evaluation). Probes and controls are in the full tables below.", ""]
+                      "building, training and the final evaluation; the run's CPU time where its record has one, else its wall "
+                      "time, which also counts time it waited for a core or was stopped). Probes and controls are in the full tables below.", ""]
         hq_metric = has_hq(rows)
         lines += [f"### {dataset}", "", f"| recipe | source | modes (of {rows[0].n_modes}) | HQ % | reverse KL | one-core min / run | seeds |",
                   "|---|---|---|---|---|---|---|"]
@@ -328,7 +330,7 @@ def _recipe_tables(book: RecipeBook, datasets: list[str], rows_by_dataset: dict[
             name = recipes[(dataset, row.remedy)]
             hq_cell = pm(*row.hq, 1) if hq_metric else "—"
             lines.append(f"| {name} | {book.recipes[name].source} | {pm(*row.modes, 1)} | {hq_cell} | {kl_cell(row, with_std=True)} | "
-                         f"{row.wall / 60:.1f} | {len(row.records)} |")
+                         f"{row.core_seconds / 60:.1f} | {len(row.records)} |")
         for paper in published:
             numbers = published_values(paper, dataset, formats)
             if numbers is not None:
@@ -356,7 +358,7 @@ def recipe_scores_toml(rows_by_dataset: dict[str, list[Row]], recipes: dict[tupl
                     entry[key] = round(mean, 4)
                     if std is not None and not math.isnan(std):
                         entry[f"{key}_sd"] = round(std, 4)
-            entry["core_seconds_per_run"] = round(row.wall, 1)  # one torch thread per run
+            entry["core_seconds_per_run"] = round(row.core_seconds, 1)
             entry["steps"] = row.steps
             entry["build"] = " + ".join(sorted({record_build(record) for record in row.records}))
             entry["row"] = row.remedy

@@ -66,6 +66,12 @@ class Row:
     def wall(self) -> float:
         return statistics.fmean(record["wall_seconds"] for record in self.records)
 
+    @property
+    def core_seconds(self) -> float:
+        """One-core cost of a run (each runs on one torch thread): its CPU time where the record has
+        one, else its wall time, which also counts time spent waiting for a core or stopped."""
+        return statistics.fmean(record.get("cpu_seconds", record["wall_seconds"]) for record in self.records)
+
 
 def pm(mean: float, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")

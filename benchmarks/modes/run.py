@@ -4,7 +4,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import time
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from gancore import __version__
 from gancore.checkpoint import atomic_write
 from gancore.manager import Catalog
 from gancore.metrics import nearest_modes
-from gancore.provenance import build_info
+from gancore.provenance import Stopwatch, build_info
 
 from benchmarks.modes.plan import Task
 from benchmarks.modes.presets import PICTURE_IMAGES
@@ -57,7 +56,7 @@ def base_record(task: Task) -> dict:
             "request": normalized(task.values), "gancore": __version__, "build": build_info()}
 
 
-def store_finished(task: Task, base: dict, trainer, summary: dict, wall: float, **extra) -> dict:
+def store_finished(task: Task, base: dict, trainer, summary: dict, elapsed: dict[str, float], **extra) -> dict:
     """Store the record of a finished run of ``task`` and the samples its final evaluation scored (a
     picture's view of them); return the record."""
     with trainer.run.reporting_plugin_faults():
@@ -69,7 +68,7 @@ def store_finished(task: Task, base: dict, trainer, summary: dict, wall: float, 
         view = picture_view(samples.reshape(len(samples), -1), trainer.dataset.modes, trainer.dataset.hq_norm).numpy().astype(np.float32)
     atomic_write(task.samples, lambda handle: np.save(handle, view))
     record = {**base, "status": "ok", "settings": trainer.config.to_toml_dict(), "metrics": summary,
-              "history": trainer.history, "wall_seconds": round(wall, 3), **extra}
+              "history": trainer.history, **elapsed, **extra}
     write_text(task.record, dump_json(record))
     return record
 
@@ -89,20 +88,20 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
         _WORKER_CATALOG = _WORKER_CATALOG or Catalog.installed()
         catalog = _WORKER_CATALOG
     base = base_record(task)
-    started = time.perf_counter()
+    started = Stopwatch()
     try:
         run = catalog.resolve(list(task.plugins), task.values)
         with run.reporting_plugin_faults():
             trainer = Trainer(run, output=None, progress=False)
             try:
-                return store_finished(task, base, trainer, trainer.fit(), time.perf_counter() - started)
+                return store_finished(task, base, trainer, trainer.fit(), started.elapsed())
             except NonFiniteError as exc:
                 summary = {"dataset": trainer.dataset.name, "plugins": list(run.config.plugins), "seed": trainer.train.seed, **trainer.evaluate()}
-                return store_finished(task, base, trainer, summary, time.perf_counter() - started, diverged=str(exc))
+                return store_finished(task, base, trainer, summary, started.elapsed(), diverged=str(exc))
     except Exception as exc:  # a broken plugin must not stop the other runs
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         record = {**base, "status": "failed", "error": f"{type(exc).__name__}: {message}"[:500],
-                  "wall_seconds": round(time.perf_counter() - started, 3)}
+                  **started.elapsed()}
     write_text(task.record, dump_json(record))
     return record
 

@@ -1,5 +1,6 @@
 """gancore.fit: the same training as `gancore train`, with settings, data and plugins from Python."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -90,6 +91,33 @@ def test_run_json_records_each_session_with_its_steps_time_and_build(tmp_path):
     assert all(segment["wall_seconds"] > 0 for segment in meta["segments"])
     assert meta["wall_seconds"] == round(sum(segment["wall_seconds"] for segment in meta["segments"]), 3)  # the whole run, not the last session
     assert meta["segments"][1]["build"] == build_info() and build_info()["torch"] == torch.__version__
+
+
+class SleepsAtTheEnd:
+    """Waits without computing: wall time passes, CPU time does not."""
+
+    data_parallel = ("exact", "changes nothing")
+
+    @hookimpl
+    def gancore_fit_end(self, trainer, summary):
+        time.sleep(0.5)
+
+
+def test_run_json_records_cpu_time_beside_wall_time_and_only_where_every_session_has_one(tmp_path):
+    settings = {**SETTINGS, "steps": 20}
+    gancore.fit(plugins=[SleepsAtTheEnd], run_dir=tmp_path / "run", progress=False, **settings)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    (segment,) = meta["segments"]
+    # the one-core cost of the session: its computing, not the half second it waited
+    assert 0 < segment["cpu_seconds"] <= segment["wall_seconds"] - 0.4
+    assert (meta["wall_seconds"], meta["cpu_seconds"]) == (segment["wall_seconds"], segment["cpu_seconds"])
+    # a session recorded before CPU time was: the run's total CPU time is unknown, not a partial sum
+    del segment["cpu_seconds"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**meta, "segments": [segment]}))
+    gancore.fit(plugins=[SleepsAtTheEnd], run_dir=tmp_path / "run", resume=True, progress=False, **{**settings, "steps": 30})
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "cpu_seconds" in meta["segments"][1] and "cpu_seconds" not in meta
+    assert meta["wall_seconds"] == round(sum(segment["wall_seconds"] for segment in meta["segments"]), 3)
 
 
 def test_resume_refuses_other_settings_plugins_or_data(tmp_path):

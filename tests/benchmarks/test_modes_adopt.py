@@ -101,7 +101,8 @@ def test_a_run_made_in_parts_is_adopted_as_the_rows_own_run(setting, tmp_path, c
     assert record["build"] == build_info() and record["adopted_from"] == str(run_dir.resolve())
     assert [segment["steps"] for segment in record["segments"]] == [[0, 20], [20, 40]]
     assert all(segment["of"] == 40 and segment["world_size"] == 1 and segment["device"] == "cpu" for segment in record["segments"])
-    assert record["wall_seconds"] == json.loads((run_dir / "run.json").read_text())["wall_seconds"]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (record["wall_seconds"], record["cpu_seconds"]) == (meta["wall_seconds"], meta["cpu_seconds"])
 
     # the benchmark's own run of the row ends on the same numbers and samples
     (task,) = modes.make_plan(Catalog.installed(), modes.load_presets(presets), tmp_path / "own", None, [], [1],
@@ -159,13 +160,24 @@ def test_the_wall_time_of_a_run_whose_first_session_was_killed_is_scaled_to_all_
 
     def second_half_only(meta):  # as after a SIGKILL at step 20 and a resume: the first session wrote no segment
         (whole,) = meta["segments"]
-        meta["segments"] = [{**whole, "steps": [20, 40], "wall_seconds": 10.0}]
-        meta["wall_seconds"] = 10.0
+        meta["segments"] = [{**whole, "steps": [20, 40], "wall_seconds": 10.0, "cpu_seconds": 8.0}]
+        meta["wall_seconds"], meta["cpu_seconds"] = 10.0, 8.0
 
     edit_run_json(run_dir, second_half_only)
     assert adopt(presets, out, run_dir) == 0
     assert "wall time scaled from the 20 of 40 steps its segments timed" in capsys.readouterr().out
-    assert json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())["wall_seconds"] == 20.0
+    record = json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())
+    assert (record["wall_seconds"], record["cpu_seconds"]) == (20.0, 16.0)
+
+
+def test_a_run_with_a_session_that_recorded_no_cpu_time_is_adopted_without_one(setting, tmp_path):
+    presets, out = setting
+    run_dir = tmp_path / "older"
+    train(run_dir)
+    edit_run_json(run_dir, lambda meta: [segment.pop("cpu_seconds") for segment in meta["segments"]])
+    assert adopt(presets, out, run_dir) == 0
+    record = json.loads((out / "runs" / "ring8" / "@tiny-adopt" / "seed1.json").read_text())
+    assert "cpu_seconds" not in record and record["wall_seconds"] > 0
 
 
 def test_segments_of_two_builds_make_an_unknown_build_and_of_two_processes_a_refusal(setting, tmp_path, capsys):

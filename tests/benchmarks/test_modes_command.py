@@ -100,7 +100,7 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     assert [(r["dataset"], r["remedy"], r["seed"]) for r in results] == [("ring8", "vanilla", 0), ("ring8", "instance-noise", 0)]
     for record in results:
         assert {"plugins", "settings", "metrics", "wall_seconds"} <= set(record)
-        assert record["settings"]["train"]["steps"] == 30 and record["wall_seconds"] > 0
+        assert record["settings"]["train"]["steps"] == 30 and record["wall_seconds"] > 0 and record["cpu_seconds"] > 0
         assert record["metrics"]["n_modes"] == 8 and 0 <= record["metrics"]["hq_percent"] <= 100
     assert results[1]["plugins"] == ["instance-noise"] and results[1]["settings"]["plugins"]["instance-noise"]["std"] == 0.2
 
@@ -421,6 +421,14 @@ def test_the_estimate_says_when_it_reused_stored_wall_times(tmp_path, capsys, mo
     assert "on 2 usable CPUs" in printed
 
 
+def test_a_rows_one_core_cost_is_its_runs_cpu_time_where_recorded_else_their_wall_time():
+    # a run stopped (SIGSTOP) or sharing its core for a while: 300 s on the clock, 100 s of computing
+    measured = {"seed": 0, "wall_seconds": 300.0, "cpu_seconds": 100.0}
+    older = {"seed": 1, "wall_seconds": 120.0}  # stored before records had CPU time
+    row = modes.Row("vanilla", [], [measured, older])
+    assert row.core_seconds == 110.0 and row.wall == 210.0
+
+
 def test_the_estimate_reuses_only_the_same_remedys_wall_times():
     # a plugin at its defaults requests the same settings as vanilla; vanilla's times must not stand for it
     request = {modes_presets.CORE: {"steps": 100, "dataset": "ring8"}}
@@ -552,7 +560,7 @@ def test_a_recipe_runs_as_a_row_named_by_it_and_its_scores_are_written(tmp_path,
     entry = written["tiny-noise"]["ring8"]
     assert entry["modes"] == result["metrics"]["modes_captured"] and entry["hq_percent"] == round(result["metrics"]["hq_percent"], 4)
     assert entry["seeds"] == [0] and entry["n_modes"] == 8 and entry["row"] == "@tiny-noise"
-    assert entry["core_seconds_per_run"] == round(result["wall_seconds"], 1) and entry["build"].startswith("torch ")
+    assert entry["core_seconds_per_run"] == round(result["cpu_seconds"], 1) and entry["build"].startswith("torch ")
     assert "modes_sd" not in entry  # one seed: no spread
 
 
