@@ -57,8 +57,8 @@ class RankLost(GancoreError):
 @dataclass(frozen=True)
 class World:
     """The processes training together: this one's ``rank`` among ``size`` (``local_rank``
-    on its machine). ``World()`` is one process alone: ``share``, ``drawing_share`` and
-    ``largest`` change nothing then, and the trainer calls :meth:`average` only when ``parallel``."""
+    on its machine). ``World()`` is one process alone: ``share``, ``drawing_share``,
+    ``mean`` and ``largest`` change nothing then, and the trainer calls :meth:`average` only when ``parallel``."""
 
     rank: int = 0
     size: int = 1

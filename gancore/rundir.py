@@ -207,7 +207,8 @@ class RunDirectory:
         was run for (``of``: a later ``--steps`` extends a run), its wall and CPU time
         (:class:`gancore.provenance.Stopwatch`), device, number of processes and the build that ran
         it (:func:`gancore.provenance.build_info`); ``wall_seconds`` becomes the sum over segments,
-        and ``cpu_seconds`` too where every segment has one (runs made before it was recorded have none)."""
+        and ``cpu_seconds`` too where every segment has one (runs made before it was recorded have none).
+        Only rank 0 writes: in a distributed run the CPU time is rank 0's process's."""
         meta = json.loads((self.path / "run.json").read_text())
         segment = {"steps": [first_step, trainer.step], "of": trainer.train.steps, **elapsed,
                    "device": str(trainer.device), "world_size": trainer.world.size, "build": build_info()}

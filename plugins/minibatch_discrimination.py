@@ -22,8 +22,8 @@ Initialization (option ``init``), T ~ N(0, 0.05²) either way:
 * ``"data"`` (improved-gan's ``MinibatchLayer``): T is weight-normed, W = T · e^s / ‖T‖ per
   column, o gets a per-kernel bias β, and both are set from the first real batch D trains on:
   s so that each kernel's mean nearest-neighbour L1 distance is 2, β = −mean(o), so o starts
-  centred with a spread of order 1. Computed in eval mode (``gancore.models.probing``), averaged
-  over the ranks of a distributed run, checkpointed, and redone when AdaGAN re-initializes D.
+  centred with a spread of order 1. Computed in training mode without changing D's buffers,
+  averaged over the ranks of a distributed run, checkpointed, and redone when AdaGAN re-initializes D.
 
 The wider head copies the old head's weights on f and starts with zero weights on o, so D
 starts as the plain D and learns to use the minibatch features (a spectral norm on the old head
@@ -43,7 +43,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from gancore import GancoreError, hookimpl
 from gancore.kernels import minibatch_l1
-from gancore.models import Discriminator, probing
+from gancore.models import Discriminator
 
 
 class MinibatchFeatures(nn.Module):
@@ -92,7 +92,12 @@ class MinibatchFeatures(nn.Module):
         mean L1 distance to the nearest other sample becomes 2, and β = −mean(o) over the batch.
         ``mean`` averages a statistic over a distributed run's ranks."""
         if len(f) < 2:
-            raise GancoreError("minibatch-discrimination's data initialization needs at least 2 real samples per batch")
+            raise GancoreError(
+                f"minibatch-discrimination's data initialization needs at least 2 samples in D's real batch, not {len(f)} "
+                "(train.batch_size per process, over pacgan.m when packed): raise train.batch_size or use minibatch-discrimination.init=normal"
+            )
+        if not bool(torch.isfinite(f).all()):
+            raise GancoreError("minibatch-discrimination's data initialization: D's features of the first real batch are not finite (NaN or inf); check the data and D")
         self.log_scale.zero_()
         self.bias.zero_()
         M = (f @ self.weight()).view(len(f), self.kernels, self.kernel_dim).transpose(0, 1)  # (B, N, C)
@@ -180,13 +185,20 @@ class MinibatchDiscrimination:
         layer = self.layer
         if layer is None or not layer.data_init or batch.phase != "D" or bool(layer.initialized):
             return
+        D = trainer.models.D
         seen: list[torch.Tensor] = []
         hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        # in training mode, as improved-gan's init pass: a batch-normed D's features are those it trains on
+        # (not its running statistics'); its buffers (batch-norm statistics, spectral-norm vectors) are put back
+        buffers = [(buffer, buffer.clone()) for buffer in D.buffers()]
         try:
-            with probing(trainer.models.D):
-                trainer.models.D(batch.real)
+            with torch.no_grad():
+                D(batch.real)
         finally:
             hook.remove()
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
         if not seen:
             raise GancoreError("minibatch-discrimination's layer was not called when D read the real batch: a wrapper around D bypasses it")
         layer.initialize(torch.cat(seen), mean=lambda t: trainer.world.mean(t, "minibatch-discrimination's data initialization"))

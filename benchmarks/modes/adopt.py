@@ -106,6 +106,7 @@ def _run_meta(run_dir: Path, refuse) -> dict:
     segments = meta.get("segments", [])
     well_formed = isinstance(segments, list) and all(
         isinstance(segment, dict) and isinstance(segment.get("build"), dict) and isinstance(segment.get("of"), int)
+        and isinstance(segment.get("wall_seconds"), (int, float))
         and isinstance(segment.get("steps"), list) and len(segment["steps"]) == 2 and all(isinstance(step, int) for step in segment["steps"])
         for segment in segments)
     if not well_formed:

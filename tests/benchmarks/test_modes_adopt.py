@@ -271,6 +271,10 @@ def test_a_run_with_a_missing_or_contradicting_record_is_refused_in_one_line(set
     (run_dir / "summary.json").unlink()
     assert refusal() == f"no readable summary.json; finish the run with `gancore train --resume {run_dir}`"
     (run_dir / "summary.json").write_text(summary)
+    segments = json.loads((run_dir / "run.json").read_text())["segments"]
+    edit_run_json(run_dir, lambda meta: meta["segments"][0].pop("wall_seconds"))  # its time would be left out of the run's
+    assert refusal() == "its run.json's segments are malformed"
+    edit_run_json(run_dir, lambda meta: meta.update(segments=segments))
     edit_run_json(run_dir, lambda meta: meta["segments"][0].pop("build"))
     assert refusal() == "its run.json's segments are malformed"
     edit_run_json(run_dir, lambda meta: meta.pop("wall_seconds"))

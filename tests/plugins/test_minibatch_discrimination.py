@@ -198,8 +198,36 @@ def test_data_init_runs_once_and_a_reset_asks_for_it_again(make_trainer):
     z = trainer.noise()
     trainer.hook.gancore_discriminator_batch(trainer=trainer, batch=Batch("D", 2, z, trainer.models.G(z).detach(), trainer.real_batch()))
     assert torch.equal(layer.log_scale, moved)  # no second initialization
-    layer.reset_parameters()  # what AdaGAN's trainer.reinitialize("D") calls
+    trainer.reinitialize("D")  # AdaGAN's new round: D starts afresh, and so does its minibatch layer
     assert not bool(layer.initialized) and torch.equal(layer.log_scale, torch.zeros_like(scale)) and torch.equal(layer.bias, torch.zeros_like(bias))
+    trainer.train_step()
+    assert bool(layer.initialized) and not torch.equal(layer.bias, torch.zeros_like(bias))
+
+
+def test_data_init_reads_a_batch_normed_d_in_training_mode_and_leaves_its_statistics(make_trainer):
+    from gancore.models import Discriminator
+    from gancore.trainer import Batch
+
+    class BatchNormedD:
+        @hookimpl(tryfirst=True)
+        def gancore_build_models(self, models):
+            body = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU())
+            models.D = Discriminator(body, nn.Linear(16, 1))
+
+    trainer = make_trainer(["batch-normed-d", "minibatch-discrimination"], extra={"batch-normed-d": BatchNormedD},
+                           options={"minibatch-discrimination": {"init": "data"}})
+    D = trainer.models.D
+    layer = D.head[0]
+    statistics = [buffer.clone() for buffer in D.buffers() if buffer is not layer.initialized]
+    real = trainer.real_batch()
+    z = trainer.noise()
+    trainer.hook.gancore_discriminator_batch(trainer=trainer, batch=Batch("D", 0, z, trainer.models.G(z).detach(), real))
+    assert bool(layer.initialized) and D.training
+    assert all(torch.equal(a, b) for a, b in zip(statistics, [buffer for buffer in D.buffers() if buffer is not layer.initialized]))
+    with torch.no_grad():
+        f = D.body(real).double()  # training mode: the batch's own statistics, as D trains
+    W = layer.T.double() * (layer.log_scale.double().exp() / layer.T.double().norm(dim=0))
+    torch.testing.assert_close(mean_nearest_l1((f @ W).reshape(len(f), 16, 5)), torch.full((16,), 2.0, dtype=torch.float64), rtol=1e-5, atol=1e-5)
 
 
 def test_the_first_training_step_initializes_and_a_resumed_run_does_not_again(make_trainer):
@@ -229,8 +257,11 @@ def test_data_init_on_duplicate_features_is_a_one_line_error():
     with pytest.raises(GancoreError, match=r"found no distance .* use minibatch-discrimination.init=normal$"):
         layer.initialize(torch.ones(5, 3))
     assert not bool(layer.initialized)
-    with pytest.raises(GancoreError, match="at least 2 real samples"):
+    with pytest.raises(GancoreError, match=r"at least 2 samples in D's real batch, not 1 .* raise train.batch_size or use minibatch-discrimination.init=normal$"):
         layer.initialize(torch.ones(1, 3))
+    with pytest.raises(GancoreError, match="not finite"):
+        layer.initialize(torch.tensor([[0.0, 1.0, 2.0], [float("nan"), 0.0, 0.0]]))
+    assert not bool(layer.initialized)
 
 
 def test_an_unknown_init_is_refused_with_the_choices(make_trainer):
