@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from benchmarks.modes.adopt import adopt
 from benchmarks.modes.estimate import estimate, print_estimate
 from benchmarks.modes.plan import Plan, make_plan
 from benchmarks.modes.presets import (
-    BUILTIN_PACKAGE, COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, RECIPE_SCORES, BenchmarkError, load_presets,
+    BUILTIN_PACKAGE, COMMAND, DEFAULT_OUT, DEFAULT_PRESETS, QUICK_OUT, RECIPE_SCORES, BenchmarkError, load_presets, split_outside_brackets,
 )
 from benchmarks.modes.records import is_done, log_invocation, relative_path, stored_records, unstored_notes
 from benchmarks.modes.report import write_report
@@ -30,7 +29,7 @@ def _names(values: list[str] | None) -> list[str] | None:
     if values is None:
         return None
     # commas inside a variant's brackets separate its options, not names: unrolled[steps=10,backprop=false]
-    return [name.strip() for value in values for name in re.split(r",(?![^\[]*\])", value) if name.strip()]
+    return [name.strip() for value in values for name in split_outside_brackets(value) if name.strip()]
 
 
 def _seeds(values: list[str] | None) -> list[int] | None:

@@ -1,6 +1,7 @@
 """The presets file (presets.toml): datasets, seeds, shared settings, the remedies each dataset runs, and how a remedy is named."""
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from dataclasses import dataclass, field
@@ -234,7 +235,8 @@ def _combinations(value: Any, where: str) -> list[tuple[str, ...]]:
 # for a variant with its own options (e.g. "unrolled[steps=10]"), which win over the presets'.
 # A part "train[OPTION=VALUE,...]" is no plugin: it sets core options of this remedy alone, e.g. a
 # bigger generator, "pacgan+train[g_width=400,g_depth=4]" (its vanilla: "train[g_width=400,g_depth=4]").
-_PART = re.compile(r"([A-Za-z0-9_.-]+)(?:\[([^\[\]]*)\])?")
+# A value may be a TOML array ("train[betas_d=[0.0,0.999]]"): options split at the commas outside brackets.
+_PART = re.compile(r"([A-Za-z0-9_.-]+)(?:\[(.*)\])?")
 
 
 def remedy_name(parts: Iterable[str]) -> str:
@@ -266,7 +268,7 @@ def part_options(part: str) -> tuple[str, dict[str, Any]]:
     if not match:
         raise ValueError(part)
     options: dict[str, Any] = {}
-    for assignment in filter(None, (match.group(2) or "").split(",")):
+    for assignment in _assignments(match.group(2) or "", part):
         key, sep, value = assignment.partition("=")
         if not sep or not key or not value:
             raise ValueError(part)
@@ -279,6 +281,34 @@ def part_options(part: str) -> tuple[str, dict[str, Any]]:
     return match.group(1), options
 
 
+def split_outside_brackets(text: str) -> list[str]:
+    """Split at the commas outside brackets: ``"a[x=1,y=[2,3]],b"`` -> ["a[x=1,y=[2,3]]", "b"]."""
+    pieces, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            pieces.append(text[start:index])
+            start = index + 1
+    return [*pieces, text[start:]]
+
+
+def _assignments(text: str, part: str) -> list[str]:
+    """``"a=1,b=[2,3]"`` -> ["a=1", "b=[2,3]"]; unbalanced brackets are no remedy name."""
+    depths = list(itertools.accumulate({"[": 1, "]": -1}.get(char, 0) for char in text))
+    if depths and (min(depths) < 0 or depths[-1] != 0):
+        raise ValueError(part)
+    return [piece for piece in split_outside_brackets(text) if piece]
+
+
+def _option_text(value: Any) -> str:
+    """A value as a remedy name writes it, read back by :func:`part_options` (TOML, else text)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_option_text(item) if not isinstance(item, str) else f"'{item}'" for item in value) + "]"
+    return str(value)
+
+
 def plugin_names(parts: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in (part_options(part)[0] for part in parts) if name != CORE)
 
@@ -286,10 +316,10 @@ def plugin_names(parts: Iterable[str]) -> tuple[str, ...]:
 def _part_options(recipe: Recipe, owner: str, options: dict[str, Any]) -> str:
     """``OPTION=VALUE,...`` as a ``NAME[...]`` part writes them (read back as TOML, else as text)."""
     for key, value in options.items():
-        if isinstance(value, (list, dict)):
-            raise BenchmarkError(f"recipe {recipe.name}: {owner}.{key} = {value} differs from the presets' and a list cannot be written "
+        if isinstance(value, dict):
+            raise BenchmarkError(f"recipe {recipe.name}: {owner}.{key} = {value} differs from the presets' and a table cannot be written "
                                  f"in a remedy name; set it in the presets' [DATASET.train] too, or leave it out of the recipe")
-    return ",".join(f"{key}={str(value).lower() if isinstance(value, bool) else value}" for key, value in options.items())
+    return ",".join(f"{key}={_option_text(value)}" for key, value in options.items())
 
 
 # The row "@NAME" runs the recipe NAME whole (recipe_row); no plugin or variant name starts with "@".

@@ -244,6 +244,22 @@ def test_variants_and_per_remedy_budgets_reach_the_runs_and_the_table(tmp_path, 
         assert "is not a remedy name" in capsys.readouterr().err
 
 
+def test_a_remedy_name_can_hold_a_list_value_such_as_adams_betas(tmp_path, capsys):
+    presets = tmp_path / "presets.toml"
+    presets.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["--presets", str(presets), "--out", str(out), "--workers", "1", "--no-timing"]
+    # the commas inside the list belong to the value, those between names and options do not
+    assert modes.main([*argv, "--plugins", "vanilla,train[betas_d=[0.0,0.99],g_width=24]"]) == 0
+    results = {r["remedy"]: r for r in json.loads((out / "results.json").read_text())}
+    assert list(results) == ["vanilla", "train[betas_d=[0.0,0.99],g_width=24]"]
+    train = results["train[betas_d=[0.0,0.99],g_width=24]"]["settings"]["train"]
+    assert train["betas_d"] == [0.0, 0.99] and train["g_width"] == 24
+    for bad in ("train[betas_d=[0.0,0.99]", "train[betas_d=0.0,0.99]]", "train[betas_d=]0.0,0.99[]"):
+        assert modes.main([*argv, "--dry-run", "--plugins", bad]) == 2
+        assert "is not a remedy name" in capsys.readouterr().err
+
+
 def test_a_train_part_sets_core_options_of_its_remedy_alone(tmp_path):
     presets = tmp_path / "presets.toml"
     presets.write_text(TINY.replace("combinations = []", 'combinations = [["train[g_width=24,g_depth=3]"], ["instance-noise", "train[g_width=24]"]]')
@@ -582,17 +598,18 @@ def test_the_presets_recipes_join_the_default_rows_and_quick_keeps_its_own_steps
     assert "2 runs (ring8 2 remedies" in capsys.readouterr().out
 
 
-def test_a_presets_recipe_whose_list_setting_differs_from_the_presets_is_skipped_with_a_note(tmp_path):
+def test_a_presets_recipe_whose_list_setting_differs_from_the_presets_is_a_row_that_names_the_list(tmp_path):
     from gancore.recipes import RecipeBook
 
     presets_file = tmp_path / "presets.toml"
     presets_file.write_text('recipes = ["benchmark-vanilla"]\n' + TINY)  # layered on the presets' shared settings
     presets = modes.load_presets(presets_file)
     recipe = RecipeBook.installed().get("benchmark-vanilla")  # betas (0.5, 0.9) against the tiny presets' defaults
-    with pytest.raises(modes.BenchmarkError, match=r"recipe benchmark-vanilla: train.betas_d = \[0.5, 0.9\] differs from the presets' and a list"):
-        modes_presets.recipe_parts(recipe, presets.datasets["ring8"])
+    (part,) = modes_presets.recipe_parts(recipe, presets.datasets["ring8"])
+    assert "betas_d=[0.5,0.9]" in part and "betas_g=[0.5,0.9]" in part
     plan = modes.make_plan(Catalog.installed(), presets, tmp_path, None, [], None, [recipe])
-    assert not plan.tasks and plan.skipped[0].startswith("ring8 recipe benchmark-vanilla: train.betas_d = [0.5, 0.9] differs")
+    assert not plan.skipped and {task.remedy for task in plan.tasks} == {part}
+    assert all(task.values[modes_presets.CORE]["betas_d"] == [0.5, 0.9] for task in plan.tasks)
 
 
 def test_a_paper_recipe_row_runs_exactly_what_gancore_train_recipe_runs(tmp_path):
