@@ -18,7 +18,7 @@ from gancore.errors import GancoreError
 from gancore.losses import LOSSES
 from gancore.memory import check_training_fits
 from gancore.models import build_discriminator, build_generator, probing
-from gancore.provenance import Stopwatch
+from gancore.provenance import Stopwatch, source_commit
 
 if TYPE_CHECKING:
     from gancore.manager import Run
@@ -348,6 +348,7 @@ class Trainer:
 
     def _fit(self) -> dict:
         started, first_step = Stopwatch(), self.step
+        source_commit()  # cached now: a segment names the commit this process loaded, not the checkout's when it ends
         try:
             if not self.hook.gancore_fit(trainer=self):
                 self.run_steps(self.train.steps - self.step)

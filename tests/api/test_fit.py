@@ -120,6 +120,34 @@ def test_run_json_records_cpu_time_beside_wall_time_and_only_where_every_session
     assert meta["wall_seconds"] == round(sum(segment["wall_seconds"] for segment in meta["segments"]), 3)
 
 
+def test_a_segment_names_the_commit_the_process_started_on_not_the_checkouts_at_its_end(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from gancore import provenance
+
+    head = {"commit": "a" * 40}
+
+    def git(argv, **kwargs):  # `git rev-parse HEAD` answers the current head; `git status` a clean tree
+        return SimpleNamespace(stdout=head["commit"] if "rev-parse" in argv else "")
+
+    class MovesHead:  # as a `git pull` or commit while a long run trains
+        data_parallel = ("exact", "changes nothing")
+
+        @hookimpl
+        def gancore_fit_end(self, trainer, summary):
+            head["commit"] = "b" * 40
+
+    monkeypatch.setattr(subprocess, "run", git)
+    provenance.source_commit.cache_clear()
+    try:
+        gancore.fit(plugins=[MovesHead], run_dir=tmp_path / "run", progress=False, **{**SETTINGS, "steps": 10})
+    finally:
+        provenance.source_commit.cache_clear()
+    (segment,) = json.loads((tmp_path / "run" / "run.json").read_text())["segments"]
+    assert segment["build"]["commit"] == "a" * 40
+
+
 def test_resume_refuses_other_settings_plugins_or_data(tmp_path):
     data = torch.randn(200, 2)
     gancore.fit(data=data, run_dir=tmp_path / "run", progress=False, **SETTINGS)
