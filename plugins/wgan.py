@@ -14,8 +14,10 @@ paper enforces it crudely by keeping every weight in a box:
 This plugin suggests the ``wasserstein`` loss and 5 critic steps (the user's explicit settings
 win) and clips every parameter D's optimizer trains after each D update. The paper's optimizer
 is RMSProp (momentum-based optimizers made its critic unstable); the core trains both players
-with Adam. Adam with β₁ = 0 is RMSProp with bias correction, so the closest run is
-``--set train.betas_d=0,0.999 --set train.betas_g=0,0.999 --set train.lr_d=5e-5 --set train.lr_g=5e-5``.
+with Adam. Adam with β₁ = 0 is RMSProp with bias correction, and the official code's RMSProp
+keeps PyTorch's α = 0.99 (martinarjovsky/WassersteinGAN ``main.py:161``), so the closest run is
+``--set train.betas_d=0,0.99 --set train.betas_g=0,0.99 --set train.lr_d=5e-5 --set train.lr_g=5e-5``
+(with ``train.lr_decay = "none"``: the paper's rate is constant).
 """
 from __future__ import annotations
 
