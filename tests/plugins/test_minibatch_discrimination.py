@@ -269,3 +269,20 @@ def test_an_unknown_init_is_refused_with_the_choices(make_trainer):
 
     with pytest.raises(GancoreError, match="normal.*data|data.*normal"):
         make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"init": "improved"}})
+
+
+def test_data_init_refuses_a_d_that_bypasses_the_layer_in_one_line(make_trainer):
+    from gancore import GancoreError
+    from gancore.models import Discriminator
+    from gancore.trainer import Batch
+
+    class ReplacesD:  # after minibatch-discrimination built its layer, D is swapped for one without it
+        @hookimpl(trylast=True)
+        def gancore_build_models(self, models):
+            models.D = Discriminator.mlp(2, 16, 2, "relu")
+
+    trainer = make_trainer(["minibatch-discrimination", "replaces-d"], extra={"replaces-d": ReplacesD},
+                           options={"minibatch-discrimination": {"init": "data"}})
+    z = trainer.noise()
+    with pytest.raises(GancoreError, match=r"^minibatch-discrimination's layer was not called when D read the real batch: a wrapper around D bypasses it$"):
+        trainer.hook.gancore_discriminator_batch(trainer=trainer, batch=Batch("D", 0, z, trainer.models.G(z).detach(), trainer.real_batch()))
