@@ -18,16 +18,29 @@ import torch
 from gancore import __version__
 
 
+# The tracked files whose local changes can change what runs; generated results (benchmark
+# tables, stored runs, the recipes' scores.toml) and docs cannot, and a benchmark rewrites them
+# after every invocation, which would otherwise mark each later run "+dirty".
+CODE_PATHS = (":(glob)**/*.py", ":(glob)**/*.c", ":(glob)**/*.toml", ":(exclude,glob)**/recipes/scores.toml")
+
+
 @lru_cache(maxsize=1)
 def source_commit() -> str | None:
-    """The git commit of the gancore source tree in use (with ``+dirty`` for local changes), or
-    None when gancore is not run from a git checkout (an installed wheel)."""
-    root = Path(__file__).resolve().parent.parent
+    """The git commit of the gancore source tree in use (with ``+dirty`` for local changes to
+    its code), or None when gancore is not run from a git checkout (an installed wheel)."""
+    return checkout_commit(Path(__file__).resolve().parent.parent)
+
+
+def checkout_commit(root: Path) -> str | None:
+    """HEAD of the git checkout at ``root``, ``+dirty`` when a tracked file of :data:`CODE_PATHS`
+    differs from it; None when ``root`` is no checkout or git cannot answer."""
     if not (root / ".git").exists():
         return None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
