@@ -32,11 +32,11 @@ def remedy_verdicts(rows_by_dataset: dict[str, list[Row]], recipes: dict[tuple[s
              "says \"within the spread\": the seeds cannot tell it from vanilla. "
              "Each cell shows its best row that does (else its best row: most modes, then HQ), mean over the seeds stored, "
              "and, for a row with core settings of its own, vanilla with those settings where it is stored: "
-             "what the plugin adds over them. The rows with `train[activation=tanh]`, `wgan-gp+train[steps=12000,...]` and the plugin options "
-             "`feature-matching[adversarial_weight=...]`, `instance-noise[std=0.3]`, `ema[decay=0.99]` and `replay[period=500]` "
-             "come from a per-remedy search (candidates chosen on seeds 0-1, the closest run once on seeds 2-4; "
-             "benchmarks/README.md, \"The per-remedy search\"); the others are rows of the tables below, with the settings "
-             "benchmarks/README.md gives the reasons for.", "",
+             "what the plugin adds over them. Rows whose settings neither a preset nor a recipe names (e.g. `train[activation=tanh]`, "
+             "`NAME+train[steps=...]`, `instance-noise[std=0.3]`, `minibatch-discrimination[init=data]`) "
+             "come from the per-remedy search (candidates chosen on seeds 0-1, the closest run once on seeds 2-4; "
+             "benchmarks/README.md, \"The per-remedy search\", which gives each candidate's reason); the others are rows of the "
+             "tables below, with the settings benchmarks/README.md gives the reasons for.", "",
              "| remedy | " + " | ".join(f"{name} (vanilla {vanilla[name].modes[0]:.1f} / {vanilla[name].hq[0]:.1f}%)" for name in datasets)
              + " | rows tried | verdict |",
              "|---|" + "---|" * len(datasets) + "---|---|"]
