@@ -11,8 +11,28 @@ output of ``D.body``) and a learned tensor T ∈ R^{A×B×C}:
     logit_i  = w · [f(x_i), o(x_i)] + w₀           (a linear head over A + B inputs)
 
 o is computed by ``gancore.kernels.minibatch_l1`` (fused: Triton on CUDA, compiled C on CPU; never
-the N×N×B×C tensor). The core calls D on the real and the fake batch separately, so real and
-fake samples are discriminated as separate minibatches, as in the paper.
+the N×N×B×C tensor).
+
+Which samples a sample is compared with (option ``batches``):
+
+* ``"separate"`` (default, the paper's Sec. 3.2 and improved-gan's CIFAR code): the core calls D on
+  the real and the fake batch separately, so each is its own minibatch and o is the sum above.
+  A real batch of tight modes then has many near neighbours per sample and a fake batch few, so
+  D can tell the batches apart by o alone (benchmarks/PAPERS.md, "Minibatch discrimination").
+* ``"joint"`` (improved-gan's ImageNet discriminator, ``imagenet/discriminator.py``): every sample
+  is compared with both batches of the update, D's real batch R and fake batch F, and gets two
+  features per kernel, its mean similarity to R and to F (j ≠ i in its own batch):
+
+      o^R_b(i) = mean_{j ∈ R, j ≠ i} c_b(i,j),   o^F_b(i) = mean_{j ∈ F, j ≠ i} c_b(i,j)
+
+  A real and a fake sample at the same place get the same features, so D can only tell them by
+  how dense each batch is around that place, and G's gradient moves fakes towards real samples
+  and apart from each other. Per-sample means (the official code divides the sums by one
+  constant, the number of pairs) so that the own batch's missing pair j = i biases no feature.
+  Cross sums use the fused kernel too: Σ_{j ∈ H} c(i,j) = o over (x ∪ H) minus o over x.
+  In the G phase R is the real batch of this step's last D update. D calls outside an update
+  (checks, probes) compare x with itself for both features. One D call costs about 5 of the
+  separate layer's: the joint row's cost per step is measured in benchmarks/PAPERS.md.
 
 Initialization (option ``init``), T ~ N(0, 0.05²) either way:
 
@@ -34,7 +54,7 @@ one ``nn.Linear(A, 1)`` (optionally spectral-normed); f = ``D.body(x)`` has shap
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -43,7 +63,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from gancore import GancoreError, hookimpl
 from gancore.kernels import minibatch_l1
-from gancore.models import Discriminator
+from gancore.models import Discriminator, probing
+
+
+class BodyCall(NamedTuple):
+    """D.body's last input and output: tells the layer which batch its features came from."""
+
+    input: torch.Tensor
+    output: torch.Tensor
 
 
 class MinibatchFeatures(nn.Module):
@@ -51,12 +78,18 @@ class MinibatchFeatures(nn.Module):
 
     W = T, or with ``data_init`` the weight-normed T · e^s / ‖T‖ (per column), and o + β: s and β
     are set by :meth:`initialize` from a batch of real features before the first update.
+
+    Paired (``batches="joint"``, after :meth:`pair_with`): f (N, A) -> [f, o^R(f), o^F(f)] (N, A + 2B),
+    the mean similarities to the real and the fake batch set in :attr:`halves`.
     """
 
     def __init__(self, in_features: int, kernels: int, kernel_dim: int, exclude_self: bool = True, data_init: bool = False):
         super().__init__()
         self.in_features, self.kernels, self.kernel_dim, self.exclude_self = in_features, kernels, kernel_dim, exclude_self
         self.data_init = data_init
+        self.halves: tuple[torch.Tensor, torch.Tensor] | None = None  # paired: D's (real, fake) inputs of this update
+        self._body: list[nn.Module] = []  # paired: D.body (in a list: not a second registration of its parameters)
+        self._body_call: BodyCall | None = None
         self.T = nn.Parameter(torch.empty(in_features, kernels * kernel_dim))
         if data_init:
             self.log_scale = nn.Parameter(torch.zeros(kernels * kernel_dim))
@@ -77,14 +110,60 @@ class MinibatchFeatures(nn.Module):
             return self.T
         return self.T * (self.log_scale.exp() / self.T.norm(dim=0))
 
+    @property
+    def paired(self) -> bool:
+        return bool(self._body)
+
+    @property
+    def out_features(self) -> int:
+        return self.in_features + self.kernels * (2 if self.paired else 1)
+
+    def pair_with(self, body: nn.Module) -> None:
+        """Compare each sample with both batches of an update (``batches="joint"``): ``body`` is
+        D.body, watched so that the layer knows which batch its input came from, and run on the
+        other batch to read its features."""
+        if self.data_init:
+            raise GancoreError("minibatch-discrimination: init=data sets one bias per kernel for one batch; use it with batches=separate, or init=normal with batches=joint")
+        self._body = [body]
+        body.register_forward_hook(self._watch_body)
+
+    def _watch_body(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._body_call = BodyCall(inputs[0], output)
+
+    def release(self) -> None:
+        """Forget the update's batches (G's fake batch holds G's graph)."""
+        self.halves, self._body_call = None, None
+
+    def _project(self, f: torch.Tensor) -> torch.Tensor:
+        return (f @ self.weight()).view(len(f), self.kernels, self.kernel_dim)
+
+    def _within(self, M: torch.Tensor) -> torch.Tensor:
+        """Σ over the others of M's own batch (and the pair j = i unless excluded), (N, B)."""
+        if self.exclude_self and len(M) < 2:
+            return M.new_zeros(len(M), self.kernels)  # Σ over j ≠ i of a one-sample batch is empty
+        return minibatch_l1(M, exclude_self=self.exclude_self)
+
     def minibatch_features(self, f: torch.Tensor) -> torch.Tensor:
-        """o(f), shape (N, B)."""
-        M = (f @ self.weight()).view(len(f), self.kernels, self.kernel_dim)
-        if self.exclude_self and len(f) < 2:
-            o = M.new_zeros(len(f), self.kernels)  # Σ over j ≠ i of a one-sample batch is empty
-        else:
-            o = minibatch_l1(M, exclude_self=self.exclude_self)
+        """o(f), shape (N, B) (paired: (N, 2B), o^R then o^F)."""
+        if self.paired:
+            return self._paired_features(f)
+        o = self._within(self._project(f))
         return o + self.bias if self.data_init else o
+
+    def _paired_features(self, f: torch.Tensor) -> torch.Tensor:
+        call = self._body_call
+        x = call.input if call is not None and call.output is f else None
+        M = self._project(f)
+        within = self._within(M)
+        own_count = max(len(f) - 1, 1) if self.exclude_self else len(f)
+        features = []
+        for half in self.halves or (x, x):  # outside an update: x against itself, twice
+            if half is x:
+                features.append(within / own_count)
+            else:  # Σ over H = Σ over (x ∪ H) − Σ over x: the fused kernel, never an (N, |H|, B) tensor
+                both = self._within(torch.cat([M, self._project(self._body[0](half))]))
+                features.append((both[: len(f)] - within) / len(half))
+        return torch.cat(features, dim=1)
 
     @torch.no_grad()
     def initialize(self, f: torch.Tensor, mean: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
@@ -123,7 +202,8 @@ class MinibatchFeatures(nn.Module):
 
     def extra_repr(self) -> str:
         init = ", data_init" if self.data_init else ""
-        return f"A={self.in_features}, B={self.kernels}, C={self.kernel_dim}, exclude_self={self.exclude_self}{init}"
+        paired = ", paired with real and fake" if self.paired else ""
+        return f"A={self.in_features}, B={self.kernels}, C={self.kernel_dim}, exclude_self={self.exclude_self}{init}{paired}"
 
 
 def find_discriminator(module: nn.Module) -> Discriminator | None:
@@ -137,8 +217,9 @@ class MinibatchDiscrimination:
     data_parallel = ("local", "D compares the samples within each rank's minibatch of train.batch_size / ranks")
 
     def __init__(self) -> None:
-        self.kernels, self.kernel_dim, self.exclude_self, self.init = 16, 5, True, "normal"
+        self.kernels, self.kernel_dim, self.exclude_self, self.init, self.batches = 16, 5, True, "normal", "separate"
         self.layer: MinibatchFeatures | None = None
+        self.last_real: torch.Tensor | None = None  # joint: the real batch of the last D update, R in the G phase
 
     @hookimpl
     def gancore_add_options(self, options):
@@ -155,10 +236,17 @@ class MinibatchDiscrimination:
             "its scale and a bias on o set from the first real batch (nearest-neighbour L1 distance 2, o centred)",
             choices=("normal", "data"),
         )
+        options.add(
+            "batches", str, "separate",
+            "'separate' = each sample is compared with its own batch, real and fake apart (the paper, improved-gan's CIFAR code); "
+            "'joint' = with the real and with the fake batch of the update, a mean similarity to each (improved-gan's ImageNet code; ~5x the cost)",
+            choices=("separate", "joint"),
+        )
 
     @hookimpl
     def gancore_configure(self, config, options):
         self.kernels, self.kernel_dim, self.exclude_self, self.init = options.kernels, options.kernel_dim, options.exclude_self, options.init
+        self.batches = options.batches
 
     @hookimpl
     def gancore_build_models(self, models):
@@ -172,7 +260,9 @@ class MinibatchDiscrimination:
         if spectral and [type(p).__name__ for name in old.parametrizations for p in old.parametrizations[name]] != ["_SpectralNorm"]:
             raise GancoreError("minibatch-discrimination can replace a head with spectral norm, but not other parametrizations")
         layer = self.layer = MinibatchFeatures(old.in_features, self.kernels, self.kernel_dim, self.exclude_self, data_init=self.init == "data")
-        head = nn.Linear(old.in_features + self.kernels, 1, bias=old.bias is not None)
+        if self.batches == "joint":
+            layer.pair_with(D.body)
+        head = nn.Linear(layer.out_features, 1, bias=old.bias is not None)
         with torch.no_grad():
             head.weight.zero_()
             head.weight[:, : old.in_features] = old.parametrizations.weight.original if spectral else old.weight
@@ -180,10 +270,39 @@ class MinibatchDiscrimination:
                 head.bias.copy_(old.bias)
         D.head = nn.Sequential(layer, spectral_norm(head) if spectral else head)  # a spectral-normed D keeps a spectral-normed head
 
-    @hookimpl(trylast=True)  # after the plugins that change what D reads: initialize on what it reads
+    @hookimpl
+    def gancore_check_models(self, trainer, batch):
+        layer = self.layer
+        if layer is None or not layer.paired:
+            return
+        seen: list[torch.Tensor] = []
+        hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            with probing(trainer.models.D):
+                trainer.models.D(batch.real)
+            call = layer._body_call
+        finally:
+            hook.remove()
+            layer.release()
+        # the layer tells which batch x is by D.body's input, and finds x's features as D.body's output
+        if call is None or call.input is not batch.real or not seen or seen[0] is not call.output:
+            raise GancoreError(
+                "minibatch-discrimination.batches=joint needs D to run D.body on its input and hand the result to the head; "
+                "this D does not (a wrapper changes the input or bypasses D.body): use batches=separate"
+            )
+
+    @hookimpl(trylast=True)  # after the plugins that change what D reads: pair and initialize on what it reads
     def gancore_discriminator_batch(self, trainer, batch):
         layer = self.layer
-        if layer is None or not layer.data_init or batch.phase != "D" or bool(layer.initialized):
+        if layer is None:
+            return
+        if layer.paired:
+            if batch.phase == "D":
+                self.last_real = batch.real
+            elif self.last_real is None:  # a G update before any D update: a fresh real batch
+                self.last_real = trainer.real_batch()
+            layer.halves = (self.last_real, batch.fake)
+        if not layer.data_init or batch.phase != "D" or bool(layer.initialized):
             return
         D = trainer.models.D
         seen: list[torch.Tensor] = []
@@ -202,3 +321,8 @@ class MinibatchDiscrimination:
         if not seen:
             raise GancoreError("minibatch-discrimination's layer was not called when D read the real batch: a wrapper around D bypasses it")
         layer.initialize(torch.cat(seen), mean=lambda t: trainer.world.mean(t, "minibatch-discrimination's data initialization"))
+
+    @hookimpl
+    def gancore_step_end(self, trainer, step):
+        if self.layer is not None:
+            self.layer.release()

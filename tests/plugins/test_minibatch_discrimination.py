@@ -77,7 +77,7 @@ class Calls:
     """Records what D is shown in each D update and every call of the minibatch layer."""
 
     def __init__(self):
-        self.batches, self.calls = [], []
+        self.batches, self.calls, self.reals = [], [], []
 
     @hookimpl
     def gancore_build_models(self, models):
@@ -87,6 +87,7 @@ class Calls:
     @hookimpl(trylast=True)
     def gancore_discriminator_batch(self, trainer, batch):
         if batch.phase == "D":
+            self.reals.append(batch.real)
             with torch.no_grad():
                 self.batches.append((trainer.models.D.body(batch.real), trainer.models.D.body(batch.fake)))
 
@@ -286,3 +287,117 @@ def test_data_init_refuses_a_d_that_bypasses_the_layer_in_one_line(make_trainer)
     z = trainer.noise()
     with pytest.raises(GancoreError, match=r"^minibatch-discrimination's layer was not called when D read the real batch: a wrapper around D bypasses it$"):
         trainer.hook.gancore_discriminator_batch(trainer=trainer, batch=Batch("D", 0, z, trainer.models.G(z).detach(), trainer.real_batch()))
+
+
+# --- batches = "joint": every sample against the real and the fake batch of the update ---------
+
+
+def naive_mean_similarity(Mx: torch.Tensor, Mh: torch.Tensor, same: bool) -> torch.Tensor:
+    """mean_{j ∈ H (j ≠ i when H is x's own batch)} exp(−‖Mx_i,b − Mh_j,b‖₁), (N, B), float64."""
+    K = (Mx.double()[:, None] - Mh.double()[None, :]).abs().sum(-1).neg().exp()  # (N, |H|, B)
+    if same:
+        K = K * (1 - torch.eye(len(Mx), dtype=K.dtype))[:, :, None]
+        return K.sum(1) / (len(Mx) - 1)
+    return K.sum(1) / len(Mh)
+
+
+def paired_layer(A=4, B=3, C=2):
+    body = nn.Sequential(nn.Linear(2, A), nn.Tanh()).double()
+    layer = MinibatchFeatures(in_features=A, kernels=B, kernel_dim=C).double()
+    layer.pair_with(body)
+    return body, layer
+
+
+def test_joint_features_are_the_mean_similarities_to_each_batch_in_float64():
+    torch.manual_seed(1)
+    body, layer = paired_layer()
+    real, fake, other = torch.randn(7, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    layer.halves = (real, fake)
+    project = lambda x: (body(x) @ layer.T).reshape(len(x), 3, 2)
+    expected = {
+        "real": (real, True, False),   # own batch R: j ≠ i; F: every j
+        "fake": (fake, False, True),
+        "other": (other, False, False),  # neither (a gradient penalty's interpolates): every j of both
+    }
+    for name, (x, in_real, in_fake) in expected.items():
+        out = layer(body(x))
+        assert out.shape == (len(x), 4 + 2 * 3), name
+        Mx = project(x)
+        torch.testing.assert_close(out[:, 4:7], naive_mean_similarity(Mx, project(real), in_real), rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(out[:, 7:], naive_mean_similarity(Mx, project(fake), in_fake), rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_joint_gradients_match_the_float64_formula():
+    torch.manual_seed(2)
+    body, layer = paired_layer()
+    real, fake = torch.randn(6, 2, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
+    layer.halves = (real, fake)
+    weights = torch.randn(6, dtype=torch.float64)  # a fixed random linear read-out of o^R, o^F
+
+    def formula():
+        project = lambda x: (body(x) @ layer.T).reshape(len(x), 3, 2)
+        Mf = project(fake)
+        return torch.cat([naive_mean_similarity(Mf, project(real), False), naive_mean_similarity(Mf, Mf, True)], 1)
+
+    results = []
+    for features in (lambda: layer(body(fake))[:, 4:], formula):
+        (features() @ weights).sum().backward()
+        results.append([p.grad.clone() for p in (fake, layer.T, *body.parameters())])
+        for p in (fake, layer.T, *body.parameters()):
+            p.grad = None
+    for kernel, naive in zip(*results):
+        torch.testing.assert_close(kernel, naive, rtol=1e-9, atol=1e-12)
+
+
+def test_joint_outside_an_update_compares_x_with_itself_for_both_features():
+    torch.manual_seed(3)
+    body, layer = paired_layer()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    out = layer(body(x))
+    Mx = (body(x) @ layer.T).reshape(5, 3, 2)
+    torch.testing.assert_close(out[:, 4:7], naive_mean_similarity(Mx, Mx, True))
+    torch.testing.assert_close(out[:, 7:], out[:, 4:7])
+
+
+def test_joint_training_pairs_each_update_with_its_batches_and_releases_them(make_trainer):
+    trainer = make_trainer(["minibatch-discrimination", "calls"], extra={"calls": Calls},
+                           train={"batch_size": 12, "n_critic": 2},
+                           options={"minibatch-discrimination": {"kernels": 3, "kernel_dim": 2, "batches": "joint"}})
+    layer, head = trainer.models.D.head
+    assert head.in_features == 16 + 2 * 3
+    calls = trainer.run.manager.get_plugin("calls")
+    plugin = trainer.run.manager.get_plugin("minibatch-discrimination")
+    trainer.train_step()
+    assert layer.halves is None and layer._body_call is None  # G's fake batch (and its graph) is not kept past the step
+    # the check before training, then per D update D(real) and D(fake), each also reading the other
+    # batch's features through D.body (not the layer); then G's D(fake)
+    D_calls = calls.calls[1:]  # (layer input, layer output, T at the call)
+    assert len(D_calls) == 2 * 2 + 1
+    for k, (real_f, fake_f) in enumerate(calls.batches):
+        for f, own, other, (_, out, T) in ((real_f, "R", fake_f, D_calls[2 * k]), (fake_f, "F", real_f, D_calls[2 * k + 1])):
+            M, Mo = (f @ T).reshape(12, 3, 2), (other @ T).reshape(12, 3, 2)
+            within, across = naive_mean_similarity(M, M, True), naive_mean_similarity(M, Mo, False)
+            expected = torch.cat([within, across] if own == "R" else [across, within], 1)
+            torch.testing.assert_close(out[:, 16:].double(), expected, rtol=1e-5, atol=1e-6)
+    # G's update compares its fakes with the real batch of the step's last D update (read with D as G sees it)
+    g_f, g_out, T = D_calls[-1]
+    with torch.no_grad():
+        last_real_f = trainer.models.D.body(plugin.last_real)
+    M, Mr = (g_f @ T).reshape(12, 3, 2), (last_real_f @ T).reshape(12, 3, 2)
+    torch.testing.assert_close(g_out[:, 16:19].double(), naive_mean_similarity(M, Mr, False), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_out[:, 19:].double(), naive_mean_similarity(M, M, True), rtol=1e-5, atol=1e-6)
+    assert torch.equal(plugin.last_real, calls.reals[-1])
+
+
+def test_joint_refuses_a_d_that_reshapes_its_input_before_the_body_in_one_line(make_trainer):
+    from gancore import GancoreError
+
+    with pytest.raises(GancoreError, match=r"^minibatch-discrimination.batches=joint needs D to run D.body on its input .*use batches=separate$"):
+        make_trainer(["pacgan", "minibatch-discrimination"], options={"minibatch-discrimination": {"batches": "joint"}})
+
+
+def test_joint_with_data_init_is_refused_in_one_line(make_trainer):
+    from gancore import GancoreError
+
+    with pytest.raises(GancoreError, match=r"^minibatch-discrimination: init=data .* init=normal with batches=joint$"):
+        make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"batches": "joint", "init": "data"}})
