@@ -401,3 +401,18 @@ def test_joint_with_data_init_is_refused_in_one_line(make_trainer):
 
     with pytest.raises(GancoreError, match=r"^minibatch-discrimination: init=data .* init=normal with batches=joint$"):
         make_trainer(["minibatch-discrimination"], options={"minibatch-discrimination": {"batches": "joint", "init": "data"}})
+
+
+def test_joint_g_update_before_any_d_update_compares_with_a_fresh_real_batch(make_trainer):
+    class GOnly:  # a schedule with no D update in the first step
+        @hookimpl
+        def gancore_step_schedule(self, trainer, step):
+            return (0, 1)
+
+    trainer = make_trainer(["minibatch-discrimination", "g-only"], extra={"g-only": GOnly},
+                           train={"batch_size": 10}, options={"minibatch-discrimination": {"batches": "joint"}})
+    plugin = trainer.run.manager.get_plugin("minibatch-discrimination")
+    assert plugin.last_real is None
+    trainer.train_step()
+    assert plugin.last_real is not None and plugin.last_real.shape == (10, 2)
+    assert trainer.step == 1
