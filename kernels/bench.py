@@ -28,6 +28,7 @@ temporaries; it includes code pages an op touches for the first time), model FLO
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -231,10 +232,8 @@ def _status_mib(field_name: str) -> float:
 def _return_large_blocks_to_the_os() -> None:
     """glibc raises its mmap threshold (up to 32 MiB) after large frees, then keeps such blocks
     in the heap: the resident set would no longer show a call's temporaries. Fix it at 64 KiB."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the figure may read low
         ctypes.CDLL(None).mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: the figure may read low
 
 
 def peak_mib(step: Callable, device: str) -> float | None:
