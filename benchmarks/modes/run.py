@@ -4,12 +4,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from gancore import __version__
+from gancore import __version__, hookimpl
 from gancore.checkpoint import atomic_write
 from gancore.manager import Catalog
 from gancore.metrics import nearest_modes
@@ -28,11 +29,34 @@ def usable_cpus() -> int:
 
 
 _WORKER_CATALOG: Catalog | None = None
+_WORKER_STEPS_DONE = None  # a worker's handle on the pool's shared step count (multiprocessing.Value)
 
 
-def _init_worker() -> None:
+def _init_worker(steps_done) -> None:
+    global _WORKER_STEPS_DONE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     torch.set_num_threads(1)
+    _WORKER_STEPS_DONE = steps_done
+
+
+def _count_into(steps_done) -> Callable[[], None]:
+    def count() -> None:
+        with steps_done.get_lock():
+            steps_done.value += 1
+    return count
+
+
+class StepCounter:
+    """Calls ``on_step`` after every training step of a run, for the steps progress bar: registered
+    on the run's plugin manager beside its plugins, it is no remedy (no option, no state, not in the
+    record) and reads nothing."""
+
+    def __init__(self, on_step: Callable[[], None]):
+        self.on_step = on_step
+
+    @hookimpl
+    def gancore_step_end(self, trainer, step):
+        self.on_step()
 
 
 def picture_view(points: torch.Tensor, modes: torch.Tensor | None, hq_norm: str) -> torch.Tensor:
@@ -73,8 +97,9 @@ def store_finished(task: Task, base: dict, trainer, summary: dict, elapsed: dict
     return record
 
 
-def execute(task: Task, catalog: Catalog | None = None) -> dict:
+def execute(task: Task, catalog: Catalog | None = None, on_step: Callable[[], None] | None = None) -> dict:
     """Run one task with the core trainer, store its record and samples, and return the record.
+    ``on_step`` is called after every training step (in a worker: the pool's shared step count).
 
     A run whose loss or parameters become non-finite is a result, not a failure: it is stored
     with ``diverged`` (the core's message) and the metrics of its generator where it stopped
@@ -87,10 +112,14 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
     if catalog is None:
         _WORKER_CATALOG = _WORKER_CATALOG or Catalog.installed()
         catalog = _WORKER_CATALOG
+    if on_step is None and _WORKER_STEPS_DONE is not None:
+        on_step = _count_into(_WORKER_STEPS_DONE)
     base = base_record(task)
     started = Stopwatch()
     try:
         run = catalog.resolve(list(task.plugins), task.values)
+        if on_step is not None:
+            run.manager.register(StepCounter(on_step), name="benchmarks.modes step counter")
         with run.reporting_plugin_faults():
             trainer = Trainer(run, output=None, progress=False)
             try:
@@ -107,14 +136,16 @@ def execute(task: Task, catalog: Catalog | None = None) -> dict:
 
 
 def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[dict], bool]:
-    """Run tasks (longest estimate first) with a progress bar over finished runs; return (records, interrupted)."""
+    """Run tasks (longest estimate first) with a progress bar over the training steps of all of them
+    (a run of hours moves it too), finished runs counted in its label; return (records, interrupted)."""
     tasks = sorted(tasks, key=lambda task: -(task.estimate or 0.0))
     records: list[dict] = []
-    bar = tqdm(total=len(tasks), desc="runs", unit="run", dynamic_ncols=True)
+    total_steps = sum(catalog.resolve(list(task.plugins), task.values).config.train.steps for task in tasks)  # planned tasks resolve (plan.py)
+    bar = tqdm(total=total_steps, desc=f"runs 0/{len(tasks)}", unit="step", dynamic_ncols=True)
 
     def finished(record: dict) -> None:
         records.append(record)
-        bar.update(1)
+        bar.set_description_str(f"runs {len(records)}/{len(tasks)}", refresh=False)
         if record["status"] == "ok":
             metrics = record["metrics"]
             quality = (f"HQ {metrics['hq_percent']:.1f}%" if "hq_percent" in metrics
@@ -132,13 +163,21 @@ def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[d
             if workers == 1:
                 torch.set_num_threads(1)
                 for task in tasks:
-                    finished(execute(task, catalog))
+                    finished(execute(task, catalog, on_step=lambda: bar.update(1)))
             else:
                 context = multiprocessing.get_context("spawn")
-                pool = context.Pool(workers, initializer=_init_worker)
+                steps_done = context.Value("q", 0)
+                pool = context.Pool(workers, initializer=_init_worker, initargs=(steps_done,))
                 try:
-                    for record in pool.imap_unordered(execute, tasks, chunksize=1):
-                        finished(record)
+                    results = pool.imap_unordered(execute, tasks, chunksize=1)
+                    while len(records) < len(tasks):
+                        try:
+                            record = results.next(timeout=1.0)
+                        except multiprocessing.TimeoutError:
+                            record = None
+                        bar.update(steps_done.value - bar.n)
+                        if record is not None:
+                            finished(record)
                     pool.close()
                 except BaseException:
                     pool.terminate()

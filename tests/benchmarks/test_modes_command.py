@@ -87,6 +87,8 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     argv = ["--presets", str(presets), "--out", str(out), "--plugins", "vanilla,instance-noise"]
 
     assert modes.main([*argv, "--workers", "2"]) == 0  # spawned worker processes
+    progress = capsys.readouterr().err  # one bar over the steps of all runs, the workers' steps counted
+    assert "runs 2/2" in progress and "60/60" in progress  # 2 runs of 30 steps
 
     report = (out / "RESULTS.md").read_text()
     assert "do not edit by hand" in report and "python -m benchmarks.modes --presets" in report
@@ -126,6 +128,8 @@ def test_tiny_benchmark_writes_tables_results_and_picture_and_resumes(tmp_path, 
     # reproducible: the same runs in this process give the numbers the workers gave
     again = tmp_path / "again"
     assert modes.main(["--presets", str(presets), "--out", str(again), "--plugins", "vanilla,instance-noise", "--workers", "1", "--no-timing"]) == 0
+    progress = capsys.readouterr().err
+    assert "runs 2/2" in progress and "60/60" in progress  # in this process, the same bar
     assert [r["metrics"] for r in json.loads((again / "results.json").read_text())] == [r["metrics"] for r in results]
 
 
