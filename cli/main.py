@@ -69,8 +69,9 @@ def train(ctx, config_file, recipe, plugins, assignments, out, name, quiet, resu
     if name is not None:
         check_run_name(name)
     file_data = read_toml(config_file) if config_file else {}
-    recipe = chosen_recipe(recipe, file_data)
-    enabled, values = settings_layers(_recipe_book().get(recipe) if recipe else None, _catalog(ctx), file_data)
+    recipe_name = chosen_recipe(recipe, file_data)
+    chosen = _recipe_book().get(recipe_name) if recipe_name else None
+    enabled, values = settings_layers(chosen, _catalog(ctx), file_data)
     given = parse_assignments(assignments)
     for key, value in flags.items():
         if value is not None and key in given.get(CORE, {}):
@@ -79,7 +80,9 @@ def train(ctx, config_file, recipe, plugins, assignments, out, name, quiet, resu
         values.setdefault(owner, {}).update(options)
     values[CORE].update({key: value for key, value in flags.items() if value is not None})
     run = _catalog(ctx).resolve([*enabled, *plugins], values)
-    run.config.recipe = recipe
+    run.config.recipe = recipe_name
+    if chosen:
+        chosen.warn_if_not_made_for(run.config.train)
     with run.reporting_plugin_faults():
         trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
     if trainer.world.is_main:  # under torchrun, rank 0 alone writes the run directory

@@ -106,10 +106,12 @@ def fit(
     """
     catalog = Catalog.installed()
     names, values, objects = _plugin_choices(catalog, plugins)
+    chosen = None  # the recipe the run starts from
     if config is not None or recipe is not None:
         from_file = read_toml(config) if config is not None else {}
         recipe = chosen_recipe(recipe, from_file)
-        enabled, layered = settings_layers(RecipeBook.installed().get(recipe) if recipe else None, catalog, from_file)
+        chosen = RecipeBook.installed().get(recipe) if recipe else None
+        enabled, layered = settings_layers(chosen, catalog, from_file)
         settings = {**layered.pop(CORE), **settings}
         names = [*enabled, *names]
         values = {name: {**layered.get(name, {}), **values.get(name, {})} for name in names}
@@ -147,6 +149,8 @@ def fit(
     else:
         run = catalog.resolve(names, values)
         run.config.recipe = recipe
+        if chosen:
+            chosen.warn_if_not_made_for(run.config.train)
         with run.reporting_plugin_faults():
             trainer = build(run)  # data and models first: bad input fails before any file is written
         if run_dir is not None and trainer.world.is_main:

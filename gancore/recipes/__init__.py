@@ -21,6 +21,7 @@ what the mode benchmark measured with them (its report writes it).
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.metadata import entry_points
@@ -60,6 +61,16 @@ class Recipe:
         """The plugins it enables and the ``{owner: {option: value}}`` it sets (copies)."""
         values = {CORE: dict(self.train), **{name: dict(options) for name, options in self.plugins.items()}}
         return list(self.plugins), values
+
+    def warn_if_not_made_for(self, train: Any) -> None:
+        """Warn when a run takes this recipe to a built-in dataset outside ``datasets``: it runs as
+        written there, with settings chosen and measured elsewhere. A file or data of the user's own
+        is theirs to judge: no warning."""
+        from gancore.data import DATASET_NAMES
+
+        if self.datasets and not train.data and train.dataset in DATASET_NAMES and train.dataset not in self.datasets:
+            warnings.warn(f"recipe {self.name} is made for {', '.join(self.datasets)}, not {train.dataset}: "
+                          "it runs unchanged, on settings chosen and measured elsewhere", stacklevel=2)
 
 
 def parse_recipe(name: str, text: str, file: str, origin: str) -> Recipe:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import gancore
 from cli_helpers import TINY_FLAGS, run_cli
 from gancore.config import read_toml
 from plugin_packages import fake_recipe_distribution
@@ -112,6 +114,23 @@ def test_train_with_a_recipe_records_it_and_flags_beat_it(capsys, tmp_path):
     assert config["train"]["steps"] == 30 and config["train"]["g_width"] == 16  # flag and --set over it
     (run,) = out.iterdir()
     assert json.loads((run / "run.json").read_text())["recipe"] == "ring8-best"
+
+
+def test_a_recipe_taken_to_a_builtin_dataset_it_was_not_made_for_runs_with_a_warning(capsys, tmp_path):
+    warning = ("gancore: warning: recipe ring8-best is made for ring8, not grid25: it runs unchanged, "
+               "on settings chosen and measured elsewhere (UserWarning)\n")
+    code, _, err = run_cli(capsys, "train", "--recipe", "ring8-best", "--dataset", "grid25", "--out", str(tmp_path / "a"), *TINY_FLAGS)
+    assert code == 0 and err == warning
+    assert _config(tmp_path / "a")["train"]["dataset"] == "grid25"
+    code, _, err = run_cli(capsys, "train", "--recipe", "ring8-best", "--out", str(tmp_path / "b"), *TINY_FLAGS)
+    assert code == 0 and not err  # ring8, its own
+    points = tmp_path / "points.npy"
+    np.save(points, np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32))
+    code, _, err = run_cli(capsys, "train", "--recipe", "ring8-best", "--data", str(points), "--out", str(tmp_path / "c"), *TINY_FLAGS)
+    assert code == 0 and not err  # the user's own data: theirs to judge
+    with pytest.warns(UserWarning, match="recipe ring8-best is made for ring8, not grid25"):
+        gancore.fit(recipe="ring8-best", dataset="grid25", progress=False, steps=2, batch_size=32, device="cpu",
+                    z_dim=4, g_width=16, d_width=16, n_train=500, eval_samples=400)
 
 
 def test_a_recipe_beats_a_plugin_suggestion_and_a_config_file_beats_the_recipe(capsys, tmp_path):
