@@ -81,10 +81,10 @@ def train(ctx, config_file, recipe, plugins, assignments, out, name, quiet, resu
     values[CORE].update({key: value for key, value in flags.items() if value is not None})
     run = _catalog(ctx).resolve([*enabled, *plugins], values)
     run.config.recipe = recipe_name
-    if chosen:
-        chosen.warn_if_not_made_for(run.config.train)
     with run.reporting_plugin_faults():
         trainer = Trainer(run, progress=not quiet)  # data and models first: bad input fails before any file is written
+    if chosen and trainer.world.is_main:  # under torchrun, rank 0 alone warns
+        chosen.warn_if_not_made_for(run.config.train)
     if trainer.world.is_main:  # under torchrun, rank 0 alone writes the run directory
         trainer.output = RunDirectory.create(Path(out or "runs"), name or default_run_name(run.config), run)
     _fit(trainer, new_run=True)

@@ -149,10 +149,10 @@ def fit(
     else:
         run = catalog.resolve(names, values)
         run.config.recipe = recipe
-        if chosen:
-            chosen.warn_if_not_made_for(run.config.train)
         with run.reporting_plugin_faults():
             trainer = build(run)  # data and models first: bad input fails before any file is written
+        if chosen and trainer.world.is_main:  # under torchrun, rank 0 alone warns
+            chosen.warn_if_not_made_for(run.config.train)
         if run_dir is not None and trainer.world.is_main:
             trainer.output = RunDirectory.create_exactly(Path(run_dir), run, given)
     resume_hint = f"gancore.fit(..., run_dir={str(trainer.output.path)!r}, resume=True)" if trainer.output else ""

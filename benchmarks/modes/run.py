@@ -135,13 +135,20 @@ def execute(task: Task, catalog: Catalog | None = None, on_step: Callable[[], No
     return record
 
 
+def _planned_steps(task: Task, catalog: Catalog) -> int:
+    """The steps ``task`` trains, for the progress bar; 0 for one that cannot resolve (it is stored as failed)."""
+    try:
+        return catalog.resolve(list(task.plugins), task.values).config.train.steps
+    except Exception:  # a broken plugin must not stop the other runs (execute stores the failure)
+        return 0
+
+
 def run_tasks(tasks: list[Task], workers: int, catalog: Catalog) -> tuple[list[dict], bool]:
     """Run tasks (longest estimate first) with a progress bar over the training steps of all of them
     (a run of hours moves it too), finished runs counted in its label; return (records, interrupted)."""
     tasks = sorted(tasks, key=lambda task: -(task.estimate or 0.0))
     records: list[dict] = []
-    total_steps = sum(catalog.resolve(list(task.plugins), task.values).config.train.steps for task in tasks)  # planned tasks resolve (plan.py)
-    bar = tqdm(total=total_steps, desc=f"runs 0/{len(tasks)}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=sum(_planned_steps(task, catalog) for task in tasks), desc=f"runs 0/{len(tasks)}", unit="step", dynamic_ncols=True)
 
     def finished(record: dict) -> None:
         records.append(record)

@@ -636,3 +636,15 @@ def test_a_paper_recipe_row_runs_exactly_what_gancore_train_recipe_runs(tmp_path
         assert catalog.resolve(list(task.plugins), task.values).config == catalog.resolve(enabled, values).config, task.remedy
     wgan_gp = next(task for task in plan.tasks if task.remedy == "@wgan-gp-paper")
     assert catalog.resolve(list(wgan_gp.plugins), wgan_gp.values).config.train.lr_decay == "none" != presets.datasets["ring8"].train["lr_decay"]
+
+
+def test_a_run_whose_settings_no_longer_resolve_is_stored_as_failed_not_stopping_the_others(tmp_path, capsys):
+    """The progress bar's step count resolves every task first: one that cannot resolve counts 0 steps
+    and fails alone, as in execute."""
+    from benchmarks.modes.run import run_tasks
+
+    bad = modes.Task("ring8", "ema", ("ema",), 0, {"ema": {"no_such_option": 1}}, tmp_path / "ema" / "seed0.json")
+    records, interrupted = run_tasks([bad], 1, Catalog.installed())
+    assert not interrupted and [record["status"] for record in records] == ["failed"]
+    assert "no_such_option" in records[0]["error"] and json.loads(bad.record.read_text())["status"] == "failed"
+    assert "runs 1/1" in capsys.readouterr().err

@@ -88,6 +88,14 @@ def test_torchrun_trains_with_two_processes_and_rank_0_alone_writes_and_prints(t
     assert [path.name for path in (tmp_path / "runs" / "run" / "checkpoints").iterdir()] == ["step-00000006.pt"]
 
 
+def test_under_torchrun_a_recipe_off_its_datasets_is_warned_about_once(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *TRAIN, "--recipe", "grid25-best"]
+    command[command.index("100000")] = "2"
+    done = subprocess.run(command, cwd=tmp_path, env=rank_environment(0, 1, 0), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("gancore: warning: recipe grid25-best is made for grid25, not ring8") == 1, done.stderr[-2000:]
+
+
 class _SignalledDuringTheStopCheck:
     """One rank of two (the other never signalled) whose SIGINT arrives while the stop check's
     all-reduce runs, as it mostly does: the ranks wait there for each other."""

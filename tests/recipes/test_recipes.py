@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -128,9 +129,12 @@ def test_a_recipe_taken_to_a_builtin_dataset_it_was_not_made_for_runs_with_a_war
     np.save(points, np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32))
     code, _, err = run_cli(capsys, "train", "--recipe", "ring8-best", "--data", str(points), "--out", str(tmp_path / "c"), *TINY_FLAGS)
     assert code == 0 and not err  # the user's own data: theirs to judge
+    tiny = dict(progress=False, steps=2, batch_size=32, device="cpu", z_dim=4, g_width=16, d_width=16, eval_samples=400)
     with pytest.warns(UserWarning, match="recipe ring8-best is made for ring8, not grid25"):
-        gancore.fit(recipe="ring8-best", dataset="grid25", progress=False, steps=2, batch_size=32, device="cpu",
-                    z_dim=4, g_width=16, d_width=16, n_train=500, eval_samples=400)
+        gancore.fit(recipe="ring8-best", dataset="grid25", n_train=500, **tiny)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # points given to gancore.fit: the user's own data, no warning
+        gancore.fit(data=torch.randn(500, 2), recipe="ring8-best", **tiny)
 
 
 def test_a_recipe_beats_a_plugin_suggestion_and_a_config_file_beats_the_recipe(capsys, tmp_path):
