@@ -51,6 +51,13 @@ def core_options() -> OptionSet:
     add("cpu_threads", int, 1, "PyTorch threads on CPU (0: PyTorch's default); small nets run fastest on one", min=0)
     add("loss", str, "non-saturating", "adversarial loss family", choices=tuple(LOSSES))
     add("n_critic", int, 1, "D updates per step", min=1)
+    add(
+        "update_order", str, "alternating",
+        "alternating: n_critic D updates, each on its own batch, then G's on fresh noise; simultaneous: one batch, both "
+        "players' gradients at the same parameters, then both steps (needs n_critic = 1; VEEGAN's, PacGAN's and the "
+        "unrolled demo's official code)",
+        choices=("alternating", "simultaneous"),
+    )
     add("lr_g", float, 1e-3, "G's Adam learning rate", min=0)
     add("lr_d", float, 1e-4, "D's Adam learning rate", min=0)
     add("lr_decay", str, "none", "learning-rate schedule: none, or linear decay to 0 at the last step (sharpens modes)", choices=("none", "linear"))

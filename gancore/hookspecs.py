@@ -23,6 +23,12 @@ loop (meta-algorithms) and ``gancore_sample`` the way samples are drawn (mixture
 step, when the trainer is built, ``gancore_check_models`` lets every plugin refuse networks it
 cannot work with (a user's own, given to ``gancore.fit``), naming what they lack.
 
+With ``train.update_order = "simultaneous"`` (one update of each player per step, as VEEGAN's,
+PacGAN's and the unrolled demo's official code) the step draws one z and one real batch: the D
+phase's batch holds G(z) detached, the G phase's the same G(z) with its gradient; both phases'
+hooks run, then both players' gradients are taken (each only into its own parameters), then D's
+and G's optimizer steps. G's critic is D before D's step.
+
 How results combine. Hooks marked *firstresult* stop at the first plugin returning something
 other than None; two enabled plugins that implement the same firstresult hook are a
 configuration error reported before training (see :data:`FIRST_RESULT_HOOKS`). Hooks that

@@ -231,6 +231,13 @@ class Catalog:
         _check_first_results(manager)
         for name in names:
             call_plugin(manager, self.plugins[name], "gancore_configure", name=name, config=config, options=config.plugins[name])
+        train = config.train
+        if train.update_order == "simultaneous" and train.n_critic != 1:
+            by = f" (suggested by {config.suggested_by['n_critic']})" if "n_critic" in config.suggested_by else ""
+            raise GancoreError(
+                f"train.update_order = simultaneous makes one D update per step, but train.n_critic = {train.n_critic}{by}; "
+                "set train.n_critic = 1 or train.update_order = alternating"
+            )
         return Run(config, manager, [self.plugins[name] for name in names])
 
     def _check_compatible(self, names: list[str]) -> None:

@@ -222,45 +222,74 @@ class Trainer:
         hook.gancore_step_start(trainer=self, step=step)
         d_updates, g_updates = hook.gancore_step_schedule(trainer=self, step=step) or (self.train.n_critic, 1)
         logs: dict[str, torch.Tensor] = {}
-        for _ in range(d_updates):
+        if self.train.update_order == "simultaneous":
+            if (d_updates, g_updates) != (1, 1):
+                raise GancoreError(
+                    f"train.update_order = simultaneous makes one update of each player per step, but step {step} asks for "
+                    f"{d_updates} D and {g_updates} G updates (a plugin's schedule); use train.update_order = alternating"
+                )
+            # one noise batch and one real batch; both gradients at the parameters before either step
             z = self.noise()
-            with torch.no_grad():
-                fake = self.models.G(z)
-            batch = Batch("D", step, z, fake, self.real_batch())
-            hook.gancore_discriminator_batch(trainer=self, batch=batch)
-            real_out, fake_out = self.models.D(batch.real), self.models.D(batch.fake)
-            terms = {"adversarial": self.loss.discriminator(real_out.logits, fake_out.logits)}
-            hook.gancore_discriminator_loss(trainer=self, batch=batch, real=real_out, fake=fake_out, terms=terms)
-            self._update("D", terms, logs)
-        for _ in range(g_updates):
-            z = self.noise()
-            batch = Batch("G", step, z, self.models.G(z))
-            hook.gancore_discriminator_batch(trainer=self, batch=batch)
-            critic = hook.gancore_generator_critic(trainer=self, batch=batch) or self.models.D
-            fake_out = critic(batch.fake)
-            terms = {"adversarial": self.loss.generator(fake_out.logits)}
-            hook.gancore_generator_loss(trainer=self, batch=batch, fake=fake_out, critic=critic, terms=terms)
-            self._update("G", terms, logs)
+            fake = self.models.G(z)
+            d_terms = self._discriminator_terms(Batch("D", step, z, fake.detach(), self.real_batch()))
+            g_terms = self._generator_terms(Batch("G", step, z, fake))
+            self._update({"D": d_terms, "G": g_terms}, logs)
+        else:
+            for _ in range(d_updates):
+                z = self.noise()
+                with torch.no_grad():
+                    fake = self.models.G(z)
+                self._update({"D": self._discriminator_terms(Batch("D", step, z, fake, self.real_batch()))}, logs)
+            for _ in range(g_updates):
+                z = self.noise()
+                self._update({"G": self._generator_terms(Batch("G", step, z, self.models.G(z)))}, logs)
         hook.gancore_step_end(trainer=self, step=step, logs=logs)
         self.last_logs = logs
         self.step += 1
 
-    def _update(self, player: str, terms: dict[str, torch.Tensor], logs: dict) -> None:
-        optimizer = self.optimizers[player]
-        optimizer.zero_grad(set_to_none=True)
-        total = sum(terms.values())
-        total.backward()
-        if self.world.parallel:  # the ranks' mean gradients and losses (one all-reduce): every rank judges and steps alike
-            terms = self.world.average(self.models.parameters(player), terms, f"{player}'s update at step {self.step}")
-            total = sum(terms.values())
-        # one host sync per update, so that divergence is caught at the step where it happens
-        if not torch.isfinite(total):
-            bad = next((name for name, value in terms.items() if not torch.isfinite(value)), "total")
-            raise NonFiniteError(f"{player}'s loss term {bad!r} is {float(terms.get(bad, total))} at step {self.step}")
-        optimizer.step()
-        self.hook.gancore_after_optimizer_step(trainer=self, player=player)
-        for name, value in terms.items():
-            logs[f"loss_{player}/{name}"] = value.detach()
+    def _discriminator_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        hook = self.hook
+        hook.gancore_discriminator_batch(trainer=self, batch=batch)
+        real_out, fake_out = self.models.D(batch.real), self.models.D(batch.fake)
+        terms = {"adversarial": self.loss.discriminator(real_out.logits, fake_out.logits)}
+        hook.gancore_discriminator_loss(trainer=self, batch=batch, real=real_out, fake=fake_out, terms=terms)
+        return terms
+
+    def _generator_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        hook = self.hook
+        hook.gancore_discriminator_batch(trainer=self, batch=batch)
+        critic = hook.gancore_generator_critic(trainer=self, batch=batch) or self.models.D
+        fake_out = critic(batch.fake)
+        terms = {"adversarial": self.loss.generator(fake_out.logits)}
+        hook.gancore_generator_loss(trainer=self, batch=batch, fake=fake_out, critic=critic, terms=terms)
+        return terms
+
+    def _update(self, terms_of: dict[str, dict[str, torch.Tensor]], logs: dict) -> None:
+        """One optimizer step per player of ``terms_of`` (player -> its loss terms), on the gradient of
+        the sum of its terms. Two players (simultaneous updates): every gradient is taken before any
+        step, each into its own player's parameters only, and a non-finite loss stops both."""
+        players = list(terms_of)
+        for index, player in enumerate(players):
+            self.optimizers[player].zero_grad(set_to_none=True)
+            total = sum(terms_of[player].values())
+            if len(players) == 1:
+                total.backward()
+            else:  # the graphs may share nodes (a plugin's cached forward): keep them for the next player's backward
+                trained = [parameter for parameter in self.models.parameters(player) if parameter.requires_grad]
+                total.backward(inputs=trained, retain_graph=index < len(players) - 1)
+            if self.world.parallel:  # the ranks' mean gradients and losses (one all-reduce): every rank judges and steps alike
+                terms_of[player] = self.world.average(self.models.parameters(player), terms_of[player], f"{player}'s update at step {self.step}")
+                total = sum(terms_of[player].values())
+            # one host sync per update, so that divergence is caught at the step where it happens
+            if not torch.isfinite(total):
+                terms = terms_of[player]
+                bad = next((name for name, value in terms.items() if not torch.isfinite(value)), "total")
+                raise NonFiniteError(f"{player}'s loss term {bad!r} is {float(terms.get(bad, total))} at step {self.step}")
+        for player in players:
+            self.optimizers[player].step()
+            self.hook.gancore_after_optimizer_step(trainer=self, player=player)
+            for name, value in terms_of[player].items():
+                logs[f"loss_{player}/{name}"] = value.detach()
 
     # --- loops -----------------------------------------------------------------------------------
 

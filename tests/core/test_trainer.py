@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -63,6 +64,57 @@ def test_the_step_schedule_hook_sets_the_number_of_updates(make_trainer):
         trainer.train_step()
     updates = [call[1] for call in recorder.calls if call[0] == "updated"]
     assert updates == ["D", "D", "D", "G", "D", "D", "D", "G"]
+
+
+def test_simultaneous_updates_call_the_hooks_of_one_batch_then_step_both(make_trainer):
+    trainer = make_trainer(["recorder"], extra={"recorder": Recorder}, train={"update_order": "simultaneous"})
+    recorder = trainer.run.manager.get_plugin("recorder")
+    trainer.train_step()
+    assert recorder.calls == [
+        ("step_start", 0), ("batch", "D", False, False), ("d_loss", ["adversarial"]),
+        ("batch", "G", True, True), ("g_loss", ["adversarial"], True),
+        ("updated", "D"), ("updated", "G"), ("step_end", 0, ["loss_D/adversarial", "loss_G/adversarial"]),
+    ]
+
+
+class LeaksIntoG:
+    """A D loss term that also depends on G's parameters: only D may learn from it."""
+
+    @hookimpl
+    def gancore_discriminator_loss(self, trainer, batch, terms):
+        terms["leak"] = trainer.models.G(batch.z).pow(2).mean()
+
+
+def test_simultaneous_updates_take_both_gradients_at_the_same_parameters(make_trainer):
+    trainer = make_trainer(["leak"], extra={"leak": LeaksIntoG}, train={"update_order": "simultaneous", "lr_g": 0.05, "lr_d": 0.05})
+    G, D = copy.deepcopy(trainer.models.G), copy.deepcopy(trainer.models.D)
+    stream = trainer.generator.get_state()
+    trainer.train_step()
+    # the reference: the same draws, each player's gradient of its own loss before either moves
+    trainer.generator.set_state(stream)
+    z = trainer.noise()
+    real = trainer.real_batch()
+    loss = LOSSES["non-saturating"]
+    fake = G(z)
+    d_loss = loss.discriminator(D(real).logits, D(fake.detach()).logits) + G(z).pow(2).mean()
+    g_loss = loss.generator(D(fake).logits)
+    for net, objective in ((D, d_loss), (G, g_loss)):
+        parameters = list(net.parameters())
+        for parameter, gradient in zip(parameters, torch.autograd.grad(objective, parameters)):
+            parameter.grad = gradient
+    for net, lr in ((D, 0.05), (G, 0.05)):
+        torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999)).step()
+    for reference, trained in ((D, trainer.models.D), (G, trainer.models.G)):
+        for expected, actual in zip(reference.parameters(), trained.parameters()):
+            torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_simultaneous_updates_refuse_more_than_one_update_per_player(make_trainer):
+    with pytest.raises(GancoreError, match=r"update_order = simultaneous .* train.n_critic = 3; set train.n_critic = 1"):
+        make_trainer(train={"update_order": "simultaneous", "n_critic": 3})
+    trainer = make_trainer(["schedule"], extra={"schedule": Schedule}, train={"update_order": "simultaneous"})
+    with pytest.raises(GancoreError, match="step 0 asks for 3 D and 0 G updates"):
+        trainer.train_step()
 
 
 class CountingCritic:
@@ -153,13 +205,15 @@ def test_evaluation_does_not_disturb_training(make_trainer):
         assert torch.equal(a, b)
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(make_trainer):
-    straight = make_trainer(train={"steps": 20})
+@pytest.mark.parametrize("order", ["alternating", "simultaneous"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(make_trainer, order):
+    train = {"steps": 20, "update_order": order}
+    straight = make_trainer(train=train)
     straight.run_steps(20)
-    first = make_trainer(train={"steps": 20})
+    first = make_trainer(train=train)
     first.run_steps(10)
     state = first.state_dict()
-    second = make_trainer(train={"steps": 20})
+    second = make_trainer(train=train)
     second.load_state_dict(state)
     second.run_steps(10)
     for a, b in zip(straight.models.D.parameters(), second.models.D.parameters()):

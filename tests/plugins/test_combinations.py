@@ -29,8 +29,8 @@ def conflict(catalog, a: str, b: str) -> bool:
     return any(claims(first, hook) and claims(second, hook) for hook in FIRST_RESULT_HOOKS)
 
 
-def check_runs(make_trainer, plugins):
-    trainer = make_trainer(plugins, train=SMALL)
+def check_runs(make_trainer, plugins, train=SMALL):
+    trainer = make_trainer(plugins, train=train)
     for _ in range(3):
         trainer.train_step()
         assert trainer.last_logs
@@ -47,6 +47,17 @@ def test_the_built_in_plugins_are_installed():
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_each_built_in_plugin_runs_alone(make_trainer, name):
     check_runs(make_trainer, [name])
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_each_built_in_plugin_runs_with_simultaneous_updates_or_needs_more_d_updates(make_trainer, name):
+    simultaneous = {**SMALL, "update_order": "simultaneous"}
+    try:
+        make_trainer([name], train=simultaneous)
+    except GancoreError as error:  # a critic that takes several steps per G step (wgan's, wgan-gp's n_critic = 5)
+        assert f"(suggested by {name})" in str(error) and "train.n_critic" in str(error)
+        return
+    check_runs(make_trainer, [name], simultaneous)
 
 
 @pytest.mark.parametrize("pair", list(permutations(BUILT_IN, 2)), ids="+".join)
