@@ -32,7 +32,9 @@ non-saturating softplus(−ℓ_fake)), without the real term: a departure from t
 
 What the unrolled steps see: ``x`` is a fresh, raw real batch (plugins that change what D
 sees through ``gancore_discriminator_batch`` are not applied to it) and ``fake`` is the G
-phase's ``batch.fake`` (after those plugins). With ``plugin_terms`` (the default) L_D also
+phase's ``batch.fake`` (after those plugins). With ``train.update_order = "simultaneous"``, ``x``
+is instead the step's own real batch, the one D's update reads (raw as well), as in the demo,
+where D's step, the unroll and the unrolled loss share one batch. With ``plugin_terms`` (the default) L_D also
 holds every other enabled plugin's ``gancore_discriminator_loss`` terms (e.g. wgan-gp's
 penalty), evaluated while D carries θᵢ; they receive a ``Batch`` of phase ``"D"``.
 
@@ -80,6 +82,7 @@ class Unrolled:
 
     def __init__(self) -> None:
         self.steps, self.backprop, self.plugin_terms, self.objective = 5, True, True, "core"
+        self._step_real: tuple[int, torch.Tensor] | None = None  # (step, D's real batch) with simultaneous updates
 
     @hookimpl
     def gancore_add_options(self, options):
@@ -121,11 +124,18 @@ class Unrolled:
                 f"but they do not depend on {unused[0]}{f' (and {len(unused) - 1} more)' if len(unused) > 1 else ''}: read parameters as module attributes, without .data or .detach()"
             )
 
+    @hookimpl(tryfirst=True)  # before other plugins change what D sees: the unroll reads raw points
+    def gancore_discriminator_batch(self, trainer, batch):
+        if batch.phase == "D" and trainer.train.update_order == "simultaneous":
+            self._step_real = (batch.step, batch.real)
+
     @hookimpl
     def gancore_generator_critic(self, trainer, batch):
         if self.steps == 0:
             return None
-        return unroll(trainer, batch, self.steps, backprop=self.backprop, plugin_terms=self.plugin_terms)
+        # simultaneous updates (the official demo): one real batch for D's step, the unroll and the saddle's real term
+        real = self._step_real[1] if self._step_real is not None and self._step_real[0] == batch.step else None
+        return unroll(trainer, batch, self.steps, backprop=self.backprop, plugin_terms=self.plugin_terms, real=real)
 
     @hookimpl
     def gancore_generator_loss(self, trainer, fake, critic, terms):
@@ -152,8 +162,10 @@ class UnrolledCritic:
         return functional_call(self.D, self.params, (x,))
 
 
-def unroll(trainer, batch: Batch, steps: int, backprop: bool = True, plugin_terms: bool = True) -> UnrolledCritic:
-    """Advance a functional copy of ``trainer.models.D`` ``steps`` steps by D's optimizer rule.
+def unroll(trainer, batch: Batch, steps: int, backprop: bool = True, plugin_terms: bool = True,
+           real: torch.Tensor | None = None) -> UnrolledCritic:
+    """Advance a functional copy of ``trainer.models.D`` ``steps`` steps by D's optimizer rule, on
+    ``real`` (default: a fresh ``trainer.real_batch()``) and ``batch.fake``.
 
     With ``backprop`` the returned critic is differentiable w.r.t. ``batch.fake`` through the
     updates; without it the unrolled parameters are constants.
@@ -162,7 +174,7 @@ def unroll(trainer, batch: Batch, steps: int, backprop: bool = True, plugin_term
     rule = update_rule(trainer.optimizers["D"], D)
     fixed = {name: p.detach() for name, p in D.named_parameters() if name not in rule.shapes}
     fixed.update((name, b.clone()) for name, b in D.named_buffers())
-    real = trainer.real_batch()
+    real = trainer.real_batch() if real is None else real
     hook = trainer.hook if plugin_terms and trainer.hook.gancore_discriminator_loss.get_hookimpls() else None
     holder = _Holder(D)
 

@@ -313,3 +313,29 @@ def test_the_saddle_objective_is_d_s_whole_unrolled_loss_real_term_included(make
     trainer.generator.set_state(state)
     fake_only = g_grad(-torch.nn.functional.softplus(critic(batch.fake).logits).mean(), trainer)
     assert (exact - fake_only).norm() > 0.05 * exact.norm()
+
+
+class SeesTheBatches:
+    """Records the real batch D's update reads and the one the unroll was taken on."""
+
+    @hookimpl(trylast=True)
+    def gancore_discriminator_batch(self, batch):
+        if batch.phase == "D":
+            self.d_real = batch.real
+
+    @hookimpl
+    def gancore_generator_loss(self, critic):
+        self.unrolled_real = critic.real
+
+
+@pytest.mark.parametrize("order", ["simultaneous", "alternating"])
+def test_with_simultaneous_updates_the_unroll_reads_ds_real_batch_of_the_step(make_trainer, order):
+    """poolio/unrolled_gan's demo: D's step, the unroll and the unrolled loss share one real batch.
+    Alternating updates keep a fresh batch for the unroll (D's batch belongs to an update already taken)."""
+    trainer = make_trainer(["unrolled", "sees"], extra={"sees": SeesTheBatches},
+                           train={"update_order": order}, options={"unrolled": {"steps": 2}})
+    sees = trainer.run.manager.get_plugin("sees")
+    for _ in range(2):
+        trainer.train_step()
+        assert (sees.unrolled_real is sees.d_real) == (order == "simultaneous")
+        assert torch.equal(sees.unrolled_real, sees.d_real) == (order == "simultaneous")
