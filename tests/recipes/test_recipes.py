@@ -22,7 +22,7 @@ else:  # pragma: no cover
 
 BENCHMARK_FOUND = {"benchmark-vanilla", "ring8-best", "grid25-best", "hd1200-best", "feature-matching-ring8", "feature-matching-grid25",
                    "adagan-ring8", "adagan-grid25"}
-PAPER = {"veegan-paper", "gan-veegan-table", "unrolled-paper", "wgan-gp-paper", "pacgan2-paper", "pacgan3-paper", "pacgan4-paper"}
+PAPER = {"veegan-paper", "gan-veegan-table", "gan-veegan-table-alternating", "unrolled-paper", "wgan-gp-paper", "pacgan2-paper", "pacgan3-paper", "pacgan4-paper"}
 BUILTIN = BENCHMARK_FOUND | PAPER
 OUTSIDE = '''
     [recipe]
