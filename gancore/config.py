@@ -10,7 +10,7 @@ from typing import Any
 from gancore.errors import GancoreError
 from gancore.files import read_regular_file
 from gancore.losses import LOSSES
-from gancore.models import ACTIVATIONS
+from gancore.models import ACTIVATIONS, check_init
 from gancore.options import OptionSet
 
 if sys.version_info >= (3, 11):
@@ -71,6 +71,14 @@ def core_options() -> OptionSet:
     add("g_mlp_norm", str, "none", "normalization of the MLP generator's hidden layers (PacGAN's 2-D generator: batch)", choices=("none", "batch"))
     add("d_maxout", int, 1, "pieces of each unit of the MLP D (> 1: maxout units, as PacGAN's D with 5; 1: plain units with activation)", min=1)
     add("activation", str, "relu", "hidden activation of both nets", choices=tuple(ACTIVATIONS))
+    add(
+        "init", str, "torch",
+        "initial weights of the nets gancore and its plugins build (not of nets you give): torch (PyTorch's defaults); "
+        "or zero biases with xavier-uniform (Glorot: TF-slim's default, VEEGAN's code), he-uniform (He in hidden "
+        "layers, Glorot in the output layer: WGAN-GP's code), orthogonal:GAIN (the unrolled GAN demo's orthogonal:1.4), "
+        "normal:STD (PacGAN's and DCGAN's normal:0.02); normalization layers start at scale 1, shift 0",
+        check=check_init,
+    )
     add("eval_every", int, 250, "steps between evaluations (0: only at the end)", min=0)
     add("eval_samples", int, 0, "samples scored per evaluation (0: the dataset's protocol: 2500 for mixtures, 26000 for stacked digits)", min=0)
     add("checkpoint_every", int, 1000, "steps between checkpoints (0: only at the end)", min=0)

@@ -193,6 +193,72 @@ class Discriminator(nn.Module):
         return Critique(self.head(features).squeeze(-1), features)
 
 
+INIT_SCHEMES = {
+    "torch": "PyTorch's defaults",
+    "xavier-uniform": "Glorot-uniform weights (TF-slim's default)",
+    "he-uniform": "He-uniform weights (gain √2) in hidden layers, Glorot-uniform in the output layer (tflib's initialization='he')",
+    "orthogonal": "orthogonal weights times GAIN (orthogonal:GAIN, default 1)",
+    "normal": "N(0, STD²) weights (normal:STD, default 0.02)",
+}
+_INIT_PARAMETER = {"orthogonal": 1.0, "normal": 0.02}
+_WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def parse_init(text: str) -> tuple[str, float | None]:
+    """``train.init`` as (scheme, parameter): ``"orthogonal:1.4"`` -> ("orthogonal", 1.4), ``"torch"`` -> ("torch", None)."""
+    scheme, sep, parameter = text.partition(":")
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(INIT_SCHEMES)} (orthogonal and normal take :NUMBER)")
+    if scheme not in _INIT_PARAMETER:
+        if sep:
+            raise ValueError(f"{scheme} takes no parameter")
+        return scheme, None
+    if not sep:
+        return scheme, _INIT_PARAMETER[scheme]
+    try:
+        value = float(parameter)
+    except ValueError:
+        raise ValueError(f"expected a number after the colon, e.g. {scheme}:{_INIT_PARAMETER[scheme]}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"the number after the colon must be positive, e.g. {scheme}:{_INIT_PARAMETER[scheme]}")
+    return scheme, value
+
+
+def check_init(text: str) -> str | None:
+    """The option rule of ``train.init``: None when :func:`parse_init` accepts ``text``, else why not."""
+    try:
+        parse_init(text)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+@torch.no_grad()
+def initialize(network: nn.Module, init: str) -> None:
+    """Draw the weights of ``network``'s linear and convolution layers as ``init`` (``train.init``)
+    says, with zero biases, from torch's global generator; ``"torch"`` leaves the network alone.
+    Normalization layers keep scale 1 and shift 0 (PyTorch's, TF's and Blocks' default alike).
+    The output layer is the last weighted layer in module order (only ``he-uniform`` treats it apart).
+    A spectrally normalized layer's underlying weight is drawn."""
+    scheme, parameter = parse_init(init)
+    if scheme == "torch":
+        return
+    layers = [layer for layer in network.modules() if isinstance(layer, _WEIGHTED)]
+    for layer in layers:
+        parametrized = nn.utils.parametrize.is_parametrized(layer, "weight")
+        weight = layer.parametrizations.weight.original if parametrized else layer.weight
+        if scheme == "xavier-uniform" or (scheme == "he-uniform" and layer is layers[-1]):
+            nn.init.xavier_uniform_(weight)
+        elif scheme == "he-uniform":
+            nn.init.kaiming_uniform_(weight, nonlinearity="relu")
+        elif scheme == "orthogonal":
+            nn.init.orthogonal_(weight, gain=parameter)
+        else:
+            nn.init.normal_(weight, 0.0, parameter)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
 def network_family(train: SimpleNamespace, shape: tuple[int, ...]) -> str:
     """``train.model``, with ``auto`` resolved: dcgan for (C, H, W) samples, mlp otherwise."""
     if train.model == "auto":

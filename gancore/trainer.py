@@ -17,7 +17,7 @@ from gancore.data import Dataset, load_dataset
 from gancore.errors import GancoreError
 from gancore.losses import LOSSES
 from gancore.memory import check_training_fits
-from gancore.models import build_discriminator, build_generator, probing
+from gancore.models import build_discriminator, build_generator, initialize, probing
 from gancore.provenance import Stopwatch, source_commit
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class Trainer:
             frozenset(name for name, given in (("G", generator), ("D", discriminator)) if given is not None),
         )
         self.hook.gancore_build_models(models=self.models, config=self.config, dataset=self.dataset)
+        self._initialize_built_networks()
         for module in self.models.modules.values():
             module.to(self.device)
         self.optimizers = {player: self._new_optimizer(player) for player in PLAYERS}
@@ -173,13 +174,22 @@ class Trainer:
     def reinitialize(self, player: str) -> None:
         """Give ``player``'s networks fresh random weights and a fresh optimizer (a new round of a
         meta-algorithm). Every layer with ``reset_parameters`` is re-initialized, so wrappers and
-        layers that plugins added stay in place: a plugin's custom layer should implement it."""
+        layers that plugins added stay in place: a plugin's custom layer should implement it. Then
+        ``train.init`` draws the weights of the networks gancore and plugins built, as at the start."""
         for name, module in self.models.modules.items():
             if self.models.players[name] == player:
                 for layer in module.modules():
                     if hasattr(layer, "reset_parameters"):
                         layer.reset_parameters()
+        self._initialize_built_networks(player)
         self.optimizers[player] = self._new_optimizer(player)
+
+    def _initialize_built_networks(self, player: str | None = None) -> None:
+        """Draw the weights of the networks gancore and plugins built (all, or ``player``'s) as
+        ``train.init`` says; networks the user gave keep theirs."""
+        for name, module in self.models.modules.items():
+            if name not in self.models.given and player in (None, self.models.players[name]):
+                initialize(module, self.train.init)
 
     def restart_lr_decay(self, start: int, end: int) -> None:
         """With ``train.lr_decay = "linear"``, decay the learning rates from their full value at

@@ -96,6 +96,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["train", "--set", "train.loss=wgan"], "choose one of"),
         (["train", "--set", "train.betas_g=0.5"], "expected two numbers in [0, 1)"),
         (["train", "-p", "wgan-gp", "--set", "train.update_order=simultaneous"], "train.n_critic = 5 (suggested by wgan-gp)"),
+        (["train", "--set", "train.init=orthogonal:wide"], "expected a number after the colon, e.g. orthogonal:1.0"),
         (["train", "--out", str(tmp_path / "a-file"), *TINY_FLAGS], "is a file"),
         (["train", "--bogus"], "No such option '--bogus'"),
         (["eval", str(tmp_path)], "not a gancore run directory"),
