@@ -178,7 +178,11 @@ def gancore_build_models(models: Models, config: RunConfig, dataset: Dataset) ->
     Called once per run (chain, in plugin order) after the core built ``models.G`` and
     ``models.D``. Replace them in place (``models.D = Packed(models.D)``), or add networks
     with ``models.add(name, module, player="G" | "D")``: each player's optimizer trains every
-    module assigned to it. D must keep returning a :class:`gancore.models.Critique`.
+    module assigned to it. D must keep returning a :class:`gancore.models.Critique`. After
+    this hook, ``train.init`` (other than ``torch``) draws the weights of every linear and
+    convolution layer of the networks not given by the user, the layers plugins built included
+    (:func:`gancore.models.initialize`); parameters outside those layers (minibatch
+    discrimination's tensor T) keep the values the plugin gave them.
 
     :param models: the networks of the run.
     :param config: the run configuration.
