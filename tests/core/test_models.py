@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gancore import GancoreError
-from gancore.models import Discriminator, Maxout, build_generator
+from gancore.models import Discriminator, Maxout, build_generator, initialize
 
 
 def test_a_maxout_unit_is_the_max_of_its_affine_pieces():
@@ -175,3 +175,16 @@ def test_a_bad_init_is_refused_with_what_to_write(make_trainer, value, message):
     with pytest.raises(GancoreError, match=re.escape(message)) as error:
         make_trainer(train={"init": value})
     assert "\n" not in str(error.value) and "train.init" in str(error.value)
+
+
+def test_init_draws_the_underlying_weight_of_a_spectrally_normed_layer():
+    torch.manual_seed(0)
+    D = Discriminator.conv((1, 16, 16), 32, "spectral")
+    initialize(D, "normal:0.3")
+    layers = [layer for layer in D.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 3 and all(nn.utils.parametrize.is_parametrized(layer, "weight") for layer in layers)
+    for layer in layers:
+        original = layer.parametrizations.weight.original.detach()
+        if original.numel() >= 8000:
+            assert original.std().item() == pytest.approx(0.3, rel=0.04)
+        assert not layer.bias.detach().any()
