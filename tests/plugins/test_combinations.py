@@ -8,6 +8,7 @@ from itertools import permutations
 
 import pytest
 import torch
+from torch import nn
 
 from gancore import GancoreError
 from gancore.hookspecs import FIRST_RESULT_HOOKS
@@ -58,6 +59,17 @@ def test_each_built_in_plugin_runs_with_simultaneous_updates_or_needs_more_d_upd
         assert f"(suggested by {name})" in str(error) and "train.n_critic" in str(error)
         return
     check_runs(make_trainer, [name], simultaneous)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_each_built_in_plugin_runs_from_train_init_drawn_on_every_layer_it_built(make_trainer, name):
+    drawn = {**SMALL, "init": "normal:0.3"}
+    trainer = make_trainer([name], train=drawn)
+    for network, module in trainer.models.modules.items():
+        for layer in module.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and layer.bias is not None:
+                assert not layer.bias.detach().any(), f"with {name}, a layer of {network} kept PyTorch's bias: {layer}"
+    check_runs(make_trainer, [name], drawn)
 
 
 @pytest.mark.parametrize("pair", list(permutations(BUILT_IN, 2)), ids="+".join)
