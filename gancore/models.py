@@ -193,13 +193,7 @@ class Discriminator(nn.Module):
         return Critique(self.head(features).squeeze(-1), features)
 
 
-INIT_SCHEMES = {
-    "torch": "PyTorch's defaults",
-    "xavier-uniform": "Glorot-uniform weights (TF-slim's default)",
-    "he-uniform": "He-uniform weights (gain √2) in hidden layers, Glorot-uniform in the output layer (tflib's initialization='he')",
-    "orthogonal": "orthogonal weights times GAIN (orthogonal:GAIN, default 1)",
-    "normal": "N(0, STD²) weights (normal:STD, default 0.02)",
-}
+INIT_SCHEMES = ("torch", "xavier-uniform", "he-uniform", "orthogonal", "normal")  # train.init; documented in gancore.config
 _INIT_PARAMETER = {"orthogonal": 1.0, "normal": 0.02}
 _WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
